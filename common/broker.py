@@ -1,0 +1,560 @@
+"""A real Apache Kafka broker (KRaft, one combined broker+controller node) for development and tests.
+
+    python -m common.broker [--port 9092] [--data-dir .kafka/data] [--fresh]
+
+or, from Python:
+
+    with LocalBroker(data_dir=tmp) as broker:
+        bootstrap = broker.start(port=0)      # "127.0.0.1:PORT", once a client can connect
+        broker.restart()                      # same data, same ports
+
+The jars come from KAFKA_HOME/libs (an unpacked Kafka distribution) when KAFKA_HOME is set, else they are
+resolved once with Maven (common/kafka-runtime.pom.xml) into the git-ignored .cache/ and reused.
+The JVM runs in its own process group, watched by a tiny watchdog process that stops it if this Python
+process dies without calling stop() (a killed test run must not leave a broker behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+# 4.4.0 is the newest release on Maven Central, but its POM references
+# org.apache.kafka:kafka-tools-api:4.4.0, which is not published there (404), so 4.4.0 does not resolve;
+# 4.3.1 is the newest release that does. docker-compose.yml uses the same version (a unit test checks).
+KAFKA_VERSION = "4.3.1"
+MIN_JAVA = 17  # Kafka 4.x brokers need Java 17.
+HEAP = "512m"  # Plenty for a development broker, and leaves room on a 2-core CI machine.
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+POM = Path(__file__).resolve().with_name("kafka-runtime.pom.xml")
+CACHE_DIR = PROJECT_ROOT / ".cache" / f"kafka-{KAFKA_VERSION}"
+DEFAULT_DATA_DIR = PROJECT_ROOT / ".kafka" / "data"
+DEFAULT_PORT = 9092
+
+# Written after the jars were copied completely; its absence means "resolve again".
+_MARKER = ".resolved"
+# The launcher's own state in the data dir: ports and cluster id, so a restart gets the same address.
+_STATE = "launcher.json"
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(Exception):
+    """A failure the user can fix; its message is one line that says how."""
+
+
+# --------------------------------------------------------------------------------------------- Java
+
+
+def find_java(java_home: str | None = None) -> str:
+    """The java executable, like Kafka's own scripts: JAVA_HOME/bin/java if set, else java on PATH."""
+    java_home = os.environ.get("JAVA_HOME") if java_home is None else java_home
+    if java_home and (Path(java_home) / "bin" / "java").is_file():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError(
+            f"no Java found (not on PATH, JAVA_HOME not set); Kafka {KAFKA_VERSION} needs Java {MIN_JAVA}+. "
+            f"Fix: install a JDK {MIN_JAVA} or newer (e.g. `apt-get install openjdk-17-jdk-headless`) "
+            "and put it on PATH or set JAVA_HOME"
+        )
+    return java
+
+
+def java_major_version(java: str) -> int:
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except OSError as e:
+        raise BrokerError(f"cannot run {java}: {e}. Fix: install a JDK {MIN_JAVA}+ and put it on PATH") from e
+    text = out.stderr + out.stdout
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', text)
+    if not m:
+        first = text.strip().splitlines()[0] if text.strip() else "no output"
+        raise BrokerError(
+            f"cannot tell the version of {java} (`java -version` said: {first}). "
+            f"Fix: install a JDK {MIN_JAVA}+ and put it on PATH or set JAVA_HOME"
+        )
+    major = int(m.group(1))
+    if major == 1 and m.group(2):  # "1.8.0_392" is Java 8
+        major = int(m.group(2))
+    return major
+
+
+def check_java(java_home: str | None = None) -> str:
+    java = find_java(java_home)
+    major = java_major_version(java)
+    if major < MIN_JAVA:
+        raise BrokerError(
+            f"Java {major} found at {java}, but Kafka {KAFKA_VERSION} needs Java {MIN_JAVA}+. "
+            f"Fix: install a JDK {MIN_JAVA} or newer and put it first on PATH or set JAVA_HOME to it"
+        )
+    return java
+
+
+# ---------------------------------------------------------------------------------------------- jars
+
+
+def resolve_libs(kafka_home: str | None = None, cache_dir: Path = CACHE_DIR) -> Path:
+    """The folder of Kafka's jars: KAFKA_HOME/libs, or the Maven-resolved cache (resolved once)."""
+    kafka_home = os.environ.get("KAFKA_HOME") if kafka_home is None else kafka_home
+    if kafka_home:
+        libs = Path(kafka_home) / "libs"
+        if not any(libs.glob("kafka_2.13-*.jar")):
+            raise BrokerError(
+                f"KAFKA_HOME={kafka_home} has no libs/kafka_2.13-*.jar. Fix: point KAFKA_HOME at an unpacked "
+                f"Apache Kafka {KAFKA_VERSION} distribution, or unset it to resolve the jars with Maven"
+            )
+        return libs
+
+    libs = cache_dir / "libs"
+    if (cache_dir / _MARKER).is_file():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(
+            "neither Maven nor KAFKA_HOME: cannot get the Kafka jars. Fix: install Maven "
+            f"(e.g. `apt-get install maven`) or set KAFKA_HOME to an unpacked Kafka {KAFKA_VERSION} distribution"
+        )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # A lock, so two launchers started at once (a test run and a demo) don't copy into each other.
+    with open(cache_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (cache_dir / _MARKER).is_file():
+            return libs
+        staging = Path(tempfile.mkdtemp(prefix="libs-", dir=cache_dir))
+        cmd = [
+            mvn, "-B", "-q", "-f", str(POM), f"-Dkafka.version={KAFKA_VERSION}",
+            "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={staging}",
+        ]  # fmt: skip
+        log.info("resolving the Kafka %s jars with Maven into %s (once)", KAFKA_VERSION, libs)
+        started = time.monotonic()
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=cache_dir)
+        if out.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+            shutil.rmtree(staging, ignore_errors=True)
+            raise BrokerError(
+                f"Maven could not resolve the Kafka {KAFKA_VERSION} jars (offline?): {_maven_error(out)}. "
+                "Fix: run once with network access to Maven Central (the jars are cached in .cache/ after), "
+                f"or set KAFKA_HOME to an unpacked Kafka {KAFKA_VERSION} distribution"
+            )
+        shutil.rmtree(libs, ignore_errors=True)
+        staging.rename(libs)
+        (cache_dir / _MARKER).write_text(f"{KAFKA_VERSION}\n")
+        log.info("resolved %d jars in %.1f s", len(list(libs.glob("*.jar"))), time.monotonic() - started)
+    return libs
+
+
+def _maven_error(out: subprocess.CompletedProcess) -> str:
+    lines = [ln.strip() for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("[ERROR]") and len(ln) > 8]
+    text = errors[0] if errors else (lines[-1] if lines else f"mvn exited {out.returncode}")
+    return _shorten(text.removeprefix("[ERROR]").strip(), 300)
+
+
+# --------------------------------------------------------------------------------------------- ports
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        # The JVM binds with SO_REUSEADDR too: a port with only TIME_WAIT leftovers is free for it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+# ------------------------------------------------------------------------------------------- watchdog
+
+# Runs as a separate process whose stdin is a pipe from the launcher. It blocks reading it; if the
+# launcher dies (even by SIGKILL) the pipe closes, the read returns without "stopped", and the watchdog
+# stops the broker's process group: SIGTERM, then SIGKILL after a grace period.
+_WATCHDOG = r"""
+import os, signal, sys, time
+pgid, grace = int(sys.argv[1]), float(sys.argv[2])
+if sys.stdin.buffer.read().strip() == b"stopped":
+    sys.exit(0)
+try:
+    os.killpg(pgid, signal.SIGTERM)
+except ProcessLookupError:
+    sys.exit(0)
+deadline = time.monotonic() + grace
+while time.monotonic() < deadline:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        sys.exit(0)
+    time.sleep(0.2)
+try:
+    os.killpg(pgid, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
+
+
+# -------------------------------------------------------------------------------------------- broker
+
+
+class LocalBroker:
+    """One Kafka node (broker + controller) in a JVM this object starts, watches and stops."""
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        log_file: str | Path | None = None,
+        kafka_home: str | None = None,
+        java_home: str | None = None,
+        ready_timeout: float = 90.0,
+        stop_timeout: float = 30.0,
+    ) -> None:
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="kafka-broker-")
+            data_dir = Path(self._tmp.name) / "data"
+        self.data_dir = Path(data_dir).resolve()
+        self.log_file = Path(log_file).resolve() if log_file else self.data_dir.parent / "broker.log"
+        self.kafka_home = kafka_home
+        self.java_home = java_home
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.port: int | None = None
+        self.controller_port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self._watchdog: subprocess.Popen | None = None
+        self._atexit_registered = False
+
+    # -- public API
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the broker has not been started")
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, port: int | None = 0, fresh: bool = False) -> str:
+        """Start the broker and wait until a client can connect; returns "127.0.0.1:PORT".
+
+        port=0 picks a free port, or the one this data dir used last time if it is still free.
+        """
+        if self.is_running():
+            raise RuntimeError(f"already running at {self.bootstrap_servers}")
+        java = check_java(self.java_home)
+        libs = resolve_libs(self.kafka_home)
+        if fresh and self.data_dir.exists():
+            shutil.rmtree(self.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        state = self._load_state()
+        self.port, self.controller_port = self._pick_ports(port or 0, state)
+        cluster_id = state.get("cluster_id") or _new_cluster_id()
+        self._save_state({"port": self.port, "controller_port": self.controller_port, "cluster_id": cluster_id})
+        server_properties = self._write_configs()
+        classpath = f"{libs}{os.sep}*"
+        log4j = f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}"
+
+        if not (self.data_dir / "meta.properties").exists():
+            fmt = subprocess.run(
+                [java, log4j, "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
+                 "-t", cluster_id, "-c", str(server_properties)],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            if fmt.returncode != 0:
+                raise BrokerError(
+                    f"formatting the data dir {self.data_dir} failed: {_tail(fmt.stdout + fmt.stderr)}. "
+                    "Fix: start with --fresh or point --data-dir at an empty folder"
+                )
+
+        with open(self.log_file, "ab") as out:
+            out.write(f"\n===== launcher: starting Kafka {KAFKA_VERSION} on {self.bootstrap_servers}\n".encode())
+            out.flush()
+            # Own session and process group: Ctrl-C in a terminal reaches only the launcher, which then
+            # stops the JVM cleanly; and the watchdog can signal the whole group.
+            self.proc = subprocess.Popen(
+                [java, f"-Xms{HEAP}", f"-Xmx{HEAP}", "-Djava.awt.headless=true", log4j,
+                 "-cp", classpath, "kafka.Kafka", str(server_properties)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(self.proc.pid), str(self.stop_timeout)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        if not self._atexit_registered:
+            atexit.register(self.stop)
+            self._atexit_registered = True
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("Kafka %s ready at %s (pid %d)", KAFKA_VERSION, self.bootstrap_servers, self.proc.pid)
+        return self.bootstrap_servers
+
+    def stop(self) -> None:
+        """Stop the JVM: SIGTERM (a clean shutdown), SIGKILL after stop_timeout. Idempotent."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("Kafka did not stop within %.0f s; killing it", self.stop_timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                watchdog.stdin.write(b"stopped")
+                watchdog.stdin.close()
+            try:
+                watchdog.wait(5)
+            except subprocess.TimeoutExpired:
+                watchdog.kill()
+                watchdog.wait()
+
+    def restart(self) -> str:
+        """Stop and start again on the same data dir and the same ports."""
+        port = self.port
+        self.stop()
+        return self.start(port=port)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> LocalBroker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return "(no broker log)"
+        return _tail(text, lines)
+
+    # -- internals
+
+    def _load_state(self) -> dict:
+        try:
+            return json.loads((self.data_dir / _STATE).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save_state(self, state: dict) -> None:
+        (self.data_dir / _STATE).write_text(json.dumps(state, indent=2) + "\n")
+
+    def _pick_ports(self, port: int, state: dict) -> tuple[int, int]:
+        if port:
+            if not port_is_free(port):
+                raise BrokerError(
+                    f"port {port} is already in use (another broker? `docker compose down` stops the "
+                    "compose one). Fix: stop whatever listens there, or pass --port 0 for any free port"
+                )
+        elif state.get("port") and port_is_free(state["port"]):
+            port = state["port"]  # same data, same address: clients configured last time still work
+        else:
+            port = free_port()
+        # The controller's address is recorded in the metadata log at format time: keep it if possible.
+        controller = state.get("controller_port")
+        if not controller or controller == port or not port_is_free(controller):
+            controller = free_port()
+            while controller == port:
+                controller = free_port()
+        return port, controller
+
+    def _write_configs(self) -> Path:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            # Dynamic quorum (formatted with --standalone): needs this, and controller.quorum.voters unset.
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "1",
+            # One node: every internal topic can only have one replica.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # Nobody else is going to join: don't make the first consumer of a group wait 3 s.
+            "group.initial.rebalance.delay.ms": "0",
+        }
+        path = self.data_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        log_path = str(self.log_file).replace("\\", "/")
+        (self.data_dir / "log4j2.properties").write_text(
+            "status = warn\n"
+            "appender.file.type = File\n"
+            "appender.file.name = File\n"
+            f"appender.file.fileName = {log_path}\n"
+            "appender.file.append = true\n"
+            "appender.file.layout.type = PatternLayout\n"
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+            "rootLogger.level = INFO\n"
+            "rootLogger.appenderRef.file.ref = File\n"
+        )
+        return path
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise BrokerError(
+                    f"the broker died while starting (exit {self.proc.returncode}); last lines of "
+                    f"{self.log_file}: {self.log_tail()}. Fix: see that log; --fresh starts with empty data"
+                )
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"the broker did not become ready within {self.ready_timeout:.0f} s; last lines of "
+                    f"{self.log_file}: {self.log_tail()}. Fix: see that log; --fresh starts with empty data"
+                )
+            if _accepts_connections(self.port) and metadata_ok(self.bootstrap_servers):
+                return
+            time.sleep(0.3)
+
+
+def _accepts_connections(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def metadata_ok(bootstrap_servers: str, timeout_ms: int = 3000) -> bool:
+    """True once a real Kafka client can bootstrap and describe the cluster (a TCP connect is not enough)."""
+    from kafka import KafkaAdminClient  # imported late: `--help` and the Java checks work without it
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            bootstrap_timeout_ms=timeout_ms,
+            request_timeout_ms=timeout_ms,
+            client_id="broker-readiness-probe",
+        )
+    except Exception:
+        return False
+    try:
+        return bool(admin.describe_cluster().get("brokers"))
+    except Exception:
+        return False
+    finally:
+        admin.close()
+
+
+def _new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    kept = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
+    return _shorten(" | ".join(kept) or "(empty)", 1200)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m common.broker",
+        description=f"Run a real Apache Kafka {KAFKA_VERSION} broker (KRaft, one node) in the foreground.",
+    )
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="client port (default 9092; 0 = any free)")
+    p.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+        help="topics and offsets live here and survive a restart (default .kafka/data in the project)",
+    )  # fmt: skip
+    p.add_argument("--log-file", type=Path, help="the broker's own log (default: broker.log next to --data-dir)")
+    p.add_argument("--fresh", action="store_true", help="delete the data dir first: start empty")
+    p.add_argument("--resolve-only", action="store_true", help="check Java, fetch the jars, print where; exit")
+    return p.parse_args(argv)
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # one shutdown path for Ctrl-C and SIGTERM
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # the readiness probe's client chatter
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    broker = LocalBroker(data_dir=args.data_dir, log_file=args.log_file)
+    try:
+        if args.resolve_only:
+            check_java()
+            started = time.monotonic()
+            libs = resolve_libs()
+            print(f"kafka {KAFKA_VERSION} jars: {libs} ({time.monotonic() - started:.1f} s)", flush=True)
+            return 0
+        started = time.monotonic()
+        bootstrap = broker.start(port=args.port, fresh=args.fresh)
+        print(
+            f"Kafka {KAFKA_VERSION} ready in {time.monotonic() - started:.1f} s: bootstrap.servers={bootstrap}"
+            f"  (data {broker.data_dir}, log {broker.log_file}; Ctrl-C stops it)",
+            flush=True,
+        )
+        while broker.proc.poll() is None:
+            time.sleep(0.5)
+        code = broker.proc.returncode
+        raise BrokerError(
+            f"the broker exited unexpectedly (exit {code}); last lines of {broker.log_file}: "
+            f"{broker.log_tail()}. Fix: see that log"
+        )
+    except BrokerError as e:
+        print(f"common.broker: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        log.info("stopping the broker")
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with contextlib.suppress(KeyboardInterrupt):
+            broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
