@@ -1,0 +1,86 @@
+"""How every script starts and ends: shared flags, logging to stderr, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=Settings)
+
+
+class Fatal(Exception):
+    """The script cannot do its job; the message is the one line the user sees, with what to do."""
+
+
+class Interrupted(Exception):
+    """Asked to stop (SIGINT/SIGTERM) before there was any work to finish: a clean exit."""
+
+
+def parser(description: str | None, *, group_id: str | None = None) -> argparse.ArgumentParser:
+    """The flags every script shares; consumers pass their default consumer group."""
+    p = argparse.ArgumentParser(
+        description=(description or "").strip().split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    # Flags default to None so that the environment and then Settings' defaults apply.
+    p.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]",
+                   help="Kafka brokers (default: $KAFKA_BOOTSTRAP_SERVERS, else localhost:9092)")
+    p.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="how long to keep retrying while Kafka is unreachable at start (default: 60)")
+    p.add_argument("--topic-prefix", metavar="PREFIX",
+                   help="prepended to every topic name, to run side by side on one cluster (default: none)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
+    if group_id is not None:
+        p.add_argument("--group-id", help=f"consumer group (default: {group_id})")
+        p.set_defaults(group_id=group_id)
+    return p
+
+
+def load(settings_cls: type[S], p: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> S:
+    """Parse flags, then build the one settings object (flags > environment > defaults)."""
+    args = p.parse_args(argv)
+    given = {name: value for name, value in vars(args).items() if value is not None}
+    try:
+        settings = settings_cls(**given)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors(include_url=False)
+        )
+        p.error(problems)  # prints usage and one line, exits 2
+    logging.getLogger().setLevel(settings.log_level)
+    # kafka-python logs every refused connection as an error, so a broker restart would bury the
+    # script's own lines; our code reports what matters from the exceptions it gets.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.CRITICAL)
+    return settings
+
+
+def run(main: Callable[[], int | None]) -> None:
+    """Run a script's main(): logs to stderr, turns every failure into one line and a non-zero exit."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # until load() knows the log level
+    try:
+        code = main()
+    except Interrupted:
+        log.info("stopped before starting work")
+        code = 0
+    except Fatal as e:
+        log.error("%s", e)
+        code = 1
+    except Exception as e:  # unexpected: stop with a clear line; the traceback only with --log-level DEBUG
+        log.error("stopped by an unexpected error: %s: %s", type(e).__name__, e)
+        log.debug("traceback", exc_info=True)
+        code = 1
+    sys.exit(code or 0)

@@ -1,0 +1,108 @@
+"""Kafka clients for the scripts: every non-default setting is here, once, with its reason."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+from common.cli import Fatal, Interrupted
+from common.settings import ConsumerSettings, Settings
+from common.shutdown import Shutdown
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How long one connection attempt may take before connect() backs off and tries again.
+ATTEMPT_TIMEOUT_MS = 5000
+
+
+def admin(settings: Settings) -> KafkaAdminClient:
+    return KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id="rides-admin",
+        bootstrap_timeout_ms=ATTEMPT_TIMEOUT_MS,  # connect() does the waiting, with backoff and a log line
+    )
+
+
+def producer(settings: Settings, client_id: str, *, transactional_id: str | None = None) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=client_id,
+        bootstrap_timeout_ms=ATTEMPT_TIMEOUT_MS,
+        # A ride is sent only once every in-sync replica has it, and the broker drops the duplicate a
+        # retry after a timeout would otherwise write. (kafka-python 3's defaults; spelled out because
+        # the pipeline's guarantees rest on them.)
+        acks="all",
+        enable_idempotence=True,
+        # Wait up to 10 ms to fill a batch: one request then carries many rides instead of one.
+        linger_ms=10,
+        # Set for transaction.py's exactly-once mode: a stable id per instance, so a restarted instance
+        # fences its crashed predecessor and aborts the transaction it left open.
+        transactional_id=transactional_id,
+        # An open transaction of an instance that died for good blocks read_committed readers of its
+        # partitions until it times out: keep that short (default 60 s).
+        transaction_timeout_ms=15000,
+    )
+
+
+def consumer(
+    settings: ConsumerSettings,
+    topics: list[str],
+    client_id: str,
+    listener: ConsumerRebalanceListener | None = None,
+) -> KafkaConsumer:
+    c = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=client_id,
+        bootstrap_timeout_ms=ATTEMPT_TIMEOUT_MS,
+        # Committed offsets are what lets a restart resume where the last run stopped.
+        group_id=settings.group_id,
+        # Commit only after the work is done (each script commits itself); auto-commit on a timer
+        # commits records never processed (lost on a crash) or forgets processed ones (duplicates).
+        enable_auto_commit=False,
+        # A new group starts from the first ride ever produced, not from what arrives after it joined.
+        auto_offset_reset="earliest",
+        # Never see rides from a transaction that transaction.py aborted or has not committed yet.
+        isolation_level="read_committed",
+        # One commit (or one transaction) per batch of up to 500 records, not per record.
+        max_poll_records=500,
+        # A crashed instance's partitions move to the others after 10 s instead of 45 s.
+        session_timeout_ms=10000,
+        heartbeat_interval_ms=3000,
+        # No deserializers on purpose: values stay bytes so that decoding happens in our code, where an
+        # unreadable record goes to the dead-letter topic instead of crashing poll().
+    )
+    c.subscribe(topics, listener=listener)
+    return c
+
+
+def connect(settings: Settings, shutdown: Shutdown, make: Callable[[], T], what: str) -> T:
+    """make() a client, retrying with backoff while Kafka is unreachable, for up to settings.wait s."""
+    deadline = time.monotonic() + settings.wait
+    delay = 0.5
+    warned = False
+    while True:
+        try:
+            return make()
+        except (KafkaTimeoutError, KafkaConnectionError) as e:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Fatal(
+                    f"Kafka is unreachable at {settings.bootstrap_servers} (gave up after {settings.wait:g} s: "
+                    f"{e}); start it with `docker compose up -d` or `python -m common.broker`, "
+                    f"or pass --bootstrap-servers"
+                ) from None
+            if not warned:
+                log.warning("Kafka is not reachable at %s yet (%s); retrying for up to %.0f s",
+                            settings.bootstrap_servers, what, remaining)
+                warned = True
+            if shutdown.sleep(min(delay, remaining)):
+                raise Interrupted() from None
+            delay = min(delay * 2, 5.0)

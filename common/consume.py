@@ -1,0 +1,57 @@
+"""The pieces of the consume loop the three consumers share: poll a batch, and commit after the work.
+
+Each script writes its own short loop with these, so that its guarantee is visible where it is made:
+
+    while not shutdown.requested:
+        records = poll_batch(consumer)
+        ... process every record, then commit (or commit the transaction) ...
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kafka import KafkaConsumer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_MS = 500  # how quickly the loop notices a stop request when no records arrive
+
+
+def poll_batch(consumer: KafkaConsumer, timeout_ms: int = POLL_TIMEOUT_MS) -> list[ConsumerRecord]:
+    """One batch, in offset order within each partition."""
+    return [r for records in consumer.poll(timeout_ms=timeout_ms).values() for r in records]
+
+
+def next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:
+    """The offsets to commit once every record of the batch is done: the next one to read, per partition."""
+    offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+    for r in records:
+        offsets[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(r.offset + 1, "", -1)
+    return offsets
+
+
+def rewind(consumer: KafkaConsumer) -> None:
+    """Go back to the last committed offsets, so that a batch whose commit failed is processed again."""
+    for tp in consumer.assignment():
+        committed = consumer.committed(tp)
+        if committed is None:
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, committed)
+
+
+def commit(consumer: KafkaConsumer, records: list[ConsumerRecord]) -> bool:
+    """Commit a batch whose work is done. A failed commit loses nothing: the work happened, and the next
+    commit covers these offsets too; if the partition moved to another instance meanwhile, that instance
+    processes the batch again, which is why every effect downstream must be idempotent."""
+    try:
+        consumer.commit(next_offsets(records))
+        return True
+    except KafkaError as e:
+        log.warning("commit of %d records failed (%s: %s); a new owner of their partitions may process "
+                    "them again", len(records), type(e).__name__, e)
+        return False

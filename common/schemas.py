@@ -1,0 +1,108 @@
+"""The messages on the pipeline's topics, validated with pydantic.
+
+Each value is a UTF-8 JSON object carrying `schema_version`. Readers ignore fields they do not know, so
+a producer may add fields without breaking its consumers; anything that removes or changes a field
+bumps SCHEMA_VERSION. Every bound below is there so that hostile input is rejected here, with a reason,
+instead of crashing a script further down.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal, TypeVar
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+
+Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
+Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Email = Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")]
+
+
+class Message(BaseModel):
+    # frozen: a message is a fact; extra="ignore": tolerate fields added by a newer producer.
+    model_config = ConfigDict(frozen=True, extra="ignore", str_max_length=1000)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class Place(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    lat: Latitude
+    lon: Longitude
+    zone: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class RideRequest(Message):
+    """On ride_details: a customer asks for a ride (produced by rides.py)."""
+
+    ride_id: UUID
+    customer_id: Identifier
+    customer_email: Email
+    pickup: Place
+    dropoff: Place
+    passengers: Annotated[int, Field(ge=1, le=8)] = 1
+    requested_at: AwareDatetime
+
+
+class RideConfirmed(RideRequest):
+    """On ride_confirmed: a driver is on the way (produced by transaction.py)."""
+
+    driver_id: Identifier
+    distance_km: Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)]
+    pickup_eta_minutes: Annotated[float, Field(ge=0, le=240, allow_inf_nan=False)]
+    fare: Annotated[Decimal, Field(ge=0, le=100_000, max_digits=9, decimal_places=2)]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    confirmed_at: AwareDatetime
+
+
+class RideRejected(Message):
+    """On ride_rejected: a valid request that cannot be served, with the reason (transaction.py)."""
+
+    ride_id: UUID
+    customer_id: Identifier
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    rejected_at: AwareDatetime
+    request: RideRequest
+
+
+class PoisonRecord(ValueError):
+    """A record that can never be processed: it goes to the dead-letter topic with this reason."""
+
+
+M = TypeVar("M", bound=Message)
+
+
+def encode(message: Message) -> bytes:
+    return message.model_dump_json().encode()
+
+
+def ride_key(ride_id: UUID) -> bytes:
+    return str(ride_id).encode()
+
+
+def decode(model: type[M], key: bytes | None, value: bytes | None) -> M:
+    """Parse and validate one record, or raise PoisonRecord saying why in one line."""
+    if value is None:
+        raise PoisonRecord("empty value (tombstone): expected a JSON object")
+    try:
+        message = model.model_validate_json(value)
+    except ValidationError as e:
+        raise PoisonRecord(describe(e)) from None
+    if key != ride_key(message.ride_id):
+        raise PoisonRecord(f"key {key!r:.80} is not the ride_id {message.ride_id}")
+    return message
+
+
+def describe(error: ValidationError, limit: int = 500) -> str:
+    """A ValidationError as one line: where each problem is and what it is, never the hostile input."""
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+        for e in error.errors(include_input=False, include_url=False)
+    ]
+    text = f"{error.title} invalid: " + "; ".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
