@@ -52,6 +52,8 @@ DEFAULT_PORT = 9092
 _MARKER = ".resolved"
 # The launcher's own state in the data dir: ports and cluster id, so a restart gets the same address.
 _STATE = "launcher.json"
+# Written to the broker log before each start, so an error quotes only that run's lines.
+_BANNER = "===== common.broker: starting"
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +131,8 @@ def resolve_libs(kafka_home: str | None = None, cache_dir: Path = CACHE_DIR) -> 
     mvn = shutil.which("mvn")
     if mvn is None:
         raise BrokerError(
-            "neither Maven nor KAFKA_HOME: cannot get the Kafka jars. Fix: install Maven "
-            f"(e.g. `apt-get install maven`) or set KAFKA_HOME to an unpacked Kafka {KAFKA_VERSION} distribution"
+            "neither Maven nor KAFKA_HOME: cannot get the Kafka jars. Fix: install Maven (e.g. "
+            f"`apt-get install maven`) or set KAFKA_HOME to an unpacked Kafka {KAFKA_VERSION} distribution"
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
     # A lock, so two launchers started at once (a test run and a demo) don't copy into each other.
@@ -140,7 +142,7 @@ def resolve_libs(kafka_home: str | None = None, cache_dir: Path = CACHE_DIR) -> 
             return libs
         staging = Path(tempfile.mkdtemp(prefix="libs-", dir=cache_dir))
         cmd = [
-            mvn, "-B", "-q", "-f", str(POM), f"-Dkafka.version={KAFKA_VERSION}",
+            mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(POM), f"-Dkafka.version={KAFKA_VERSION}",
             "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={staging}",
         ]  # fmt: skip
         log.info("resolving the Kafka %s jars with Maven into %s (once)", KAFKA_VERSION, libs)
@@ -161,7 +163,8 @@ def resolve_libs(kafka_home: str | None = None, cache_dir: Path = CACHE_DIR) -> 
 
 
 def _maven_error(out: subprocess.CompletedProcess) -> str:
-    lines = [ln.strip() for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)  # Maven 3.8 colours even with -B
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("[ERROR]") and len(ln) > 8]
     text = errors[0] if errors else (lines[-1] if lines else f"mvn exited {out.returncode}")
     return _shorten(text.removeprefix("[ERROR]").strip(), 300)
@@ -227,6 +230,7 @@ class LocalBroker:
         log_file: str | Path | None = None,
         kafka_home: str | None = None,
         java_home: str | None = None,
+        cache_dir: str | Path = CACHE_DIR,
         ready_timeout: float = 90.0,
         stop_timeout: float = 30.0,
     ) -> None:
@@ -238,6 +242,7 @@ class LocalBroker:
         self.log_file = Path(log_file).resolve() if log_file else self.data_dir.parent / "broker.log"
         self.kafka_home = kafka_home
         self.java_home = java_home
+        self.cache_dir = Path(cache_dir)
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.port: int | None = None
@@ -269,7 +274,7 @@ class LocalBroker:
         if self.is_running():
             raise RuntimeError(f"already running at {self.bootstrap_servers}")
         java = check_java(self.java_home)
-        libs = resolve_libs(self.kafka_home)
+        libs = resolve_libs(self.kafka_home, self.cache_dir)
         if fresh and self.data_dir.exists():
             shutil.rmtree(self.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -277,7 +282,8 @@ class LocalBroker:
         state = self._load_state()
         self.port, self.controller_port = self._pick_ports(port or 0, state)
         cluster_id = state.get("cluster_id") or _new_cluster_id()
-        self._save_state({"port": self.port, "controller_port": self.controller_port, "cluster_id": cluster_id})
+        state = {"port": self.port, "controller_port": self.controller_port, "cluster_id": cluster_id}
+        self._save_state(state)
         server_properties = self._write_configs()
         classpath = f"{libs}{os.sep}*"
         log4j = f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}"
@@ -295,7 +301,8 @@ class LocalBroker:
                 )
 
         with open(self.log_file, "ab") as out:
-            out.write(f"\n===== launcher: starting Kafka {KAFKA_VERSION} on {self.bootstrap_servers}\n".encode())
+            banner = f"\n{_BANNER} Kafka {KAFKA_VERSION} on {self.bootstrap_servers}\n"
+            out.write(banner.encode())
             out.flush()
             # Own session and process group: Ctrl-C in a terminal reaches only the launcher, which then
             # stops the JVM cleanly; and the watchdog can signal the whole group.
@@ -304,9 +311,14 @@ class LocalBroker:
                  "-cp", classpath, "kafka.Kafka", str(server_properties)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
+        # For people and tests who need the JVM's pid (e.g. to check that nothing is left running).
+        (self.data_dir / "broker.pid").write_text(f"{self.proc.pid}\n")
         self._watchdog = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, str(self.proc.pid), str(self.stop_timeout)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         if not self._atexit_registered:
             atexit.register(self.stop)
@@ -366,7 +378,7 @@ class LocalBroker:
             text = self.log_file.read_text(errors="replace")
         except OSError:
             return "(no broker log)"
-        return _tail(text, lines)
+        return _tail(text.rpartition(_BANNER)[2], lines).rstrip(".")  # this run's lines only
 
     # -- internals
 
@@ -486,7 +498,9 @@ def _new_cluster_id() -> str:
 
 
 def _tail(text: str, lines: int = 5) -> str:
-    kept = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
+    # Stack frames say nothing to a user; the log lines and exception messages before them do.
+    kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    kept = [ln for ln in kept if not ln.startswith(("at ", "... "))][-lines:]
     return _shorten(" | ".join(kept) or "(empty)", 1200)
 
 
@@ -507,8 +521,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data-dir", type=Path, default=DEFAULT_DATA_DIR,
         help="topics and offsets live here and survive a restart (default .kafka/data in the project)",
     )  # fmt: skip
-    p.add_argument("--log-file", type=Path, help="the broker's own log (default: broker.log next to --data-dir)")
+    p.add_argument("--log-file", type=Path, help="the broker's log (default: broker.log next to --data-dir)")
     p.add_argument("--fresh", action="store_true", help="delete the data dir first: start empty")
+    p.add_argument(
+        "--cache-dir", type=Path, default=CACHE_DIR,
+        help="where Maven-resolved jars are kept (default .cache/kafka-VERSION in the project)",
+    )  # fmt: skip
     p.add_argument("--resolve-only", action="store_true", help="check Java, fetch the jars, print where; exit")
     return p.parse_args(argv)
 
@@ -522,19 +540,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # the readiness probe's client chatter
     signal.signal(signal.SIGTERM, _on_sigterm)
-    broker = LocalBroker(data_dir=args.data_dir, log_file=args.log_file)
+    broker = LocalBroker(data_dir=args.data_dir, log_file=args.log_file, cache_dir=args.cache_dir)
     try:
         if args.resolve_only:
             check_java()
             started = time.monotonic()
-            libs = resolve_libs()
+            libs = resolve_libs(cache_dir=args.cache_dir)
             print(f"kafka {KAFKA_VERSION} jars: {libs} ({time.monotonic() - started:.1f} s)", flush=True)
             return 0
         started = time.monotonic()
         bootstrap = broker.start(port=args.port, fresh=args.fresh)
         print(
-            f"Kafka {KAFKA_VERSION} ready in {time.monotonic() - started:.1f} s: bootstrap.servers={bootstrap}"
-            f"  (data {broker.data_dir}, log {broker.log_file}; Ctrl-C stops it)",
+            f"Kafka {KAFKA_VERSION} ready in {time.monotonic() - started:.1f} s: "
+            f"bootstrap.servers={bootstrap}  (data {broker.data_dir}, log {broker.log_file}; Ctrl-C stops it)",
             flush=True,
         )
         while broker.proc.poll() is None:
