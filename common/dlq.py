@@ -1,0 +1,356 @@
+"""Look into a dead-letter topic, and replay chosen dead letters to their source topic once fixed.
+
+    python -m common.dlq list ride_details.dlq [--limit N] [--offsets 3,5-9] [--json]
+    python -m common.dlq replay ride_details.dlq --offsets 3,5-9    (or --all)
+
+TOPIC is a dead-letter topic (`ride_details.dlq`) or its source topic (`ride_details`: `.dlq` is
+appended), named as in common.topics: --topic-prefix is prepended, as for every script.
+
+Both commands read the topic from the beginning with no consumer group: looking commits nothing and
+disturbs no one. They read committed records only, so that a dead letter whose transaction
+transaction.py aborted (and then wrote again) is not listed twice. Replaying sends each chosen dead
+letter's original key, value and headers to its source topic: run it after the cause is fixed, and
+only once, since every replay sends the records again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from kafka import KafkaConsumer, TopicPartition
+
+from common import cli, clients
+from common.dead_letters import DeadLetter
+from common.settings import Settings
+from common.shutdown import Shutdown
+from common.topics import DLQ_SUFFIX, dead_letter_topic
+
+log = logging.getLogger(__name__)
+
+PROG = "python -m common.dlq"
+PREVIEW_CHARS = 60  # of a key or value in a listing: enough to recognise a record, short enough for one line
+REASON_CHARS = 300  # reasons are one line of at most 500 characters (common.schemas.describe); keep lines readable
+# Reading stops once every chosen partition is read to its end; this long without a record means the
+# broker stopped answering, which is an error, not an empty topic.
+STALL_SECONDS = 30.0
+
+
+# ----------------------------------------------------------------------------------- pure functions
+
+
+@dataclass(frozen=True)
+class Offsets:
+    """A selection of offsets such as `3,5-9,20-` (inclusive ranges; `N-` means from N to the end)."""
+
+    ranges: tuple[tuple[int, int | None], ...]
+
+    def __contains__(self, offset: int) -> bool:
+        return any(lo <= offset and (hi is None or offset <= hi) for lo, hi in self.ranges)
+
+    @property
+    def last(self) -> int | None:
+        """The highest offset chosen, or None when the selection runs to the end."""
+        if any(hi is None for _, hi in self.ranges):
+            return None
+        return max(hi for _, hi in self.ranges if hi is not None)
+
+    def __str__(self) -> str:
+        return ",".join(str(lo) if lo == hi else f"{lo}-{'' if hi is None else hi}" for lo, hi in self.ranges)
+
+
+ALL = Offsets(((0, None),))
+
+
+def parse_offsets(text: str) -> Offsets:
+    """`3,5-9,20-` -> Offsets; ValueError with a one-line reason for anything else."""
+    ranges: list[tuple[int, int | None]] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo_text, dash, hi_text = part.partition("-")
+        try:
+            lo = _offset(lo_text)
+            hi = (_offset(hi_text) if hi_text.strip() else None) if dash else lo
+        except ValueError:
+            raise ValueError(f"{part!r} is not an offset (N), a range (N-M) or an open range (N-)") from None
+        if hi is not None and hi < lo:
+            raise ValueError(f"{part!r}: the range ends before it starts")
+        ranges.append((lo, hi))
+    return Offsets(tuple(ranges))
+
+
+def _offset(text: str) -> int:
+    text = text.strip()
+    if not text.isascii() or not text.isdigit():  # also refuses "-3", "+3", "1e3", "٣"
+        raise ValueError(text)
+    return int(text)
+
+
+def dead_letter_name(topic: str) -> str:
+    """The dead-letter topic meant by a command-line TOPIC: itself, or the source topic's `.dlq`."""
+    return topic if topic.endswith(DLQ_SUFFIX) else dead_letter_topic(topic)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def escape(text: str) -> str:
+    """Text safe for one terminal line: control characters, escape sequences, bidi overrides and other
+    non-printable characters become visible escapes instead of acting on the terminal."""
+    out = []
+    for c in text:
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif c.isprintable():
+            out.append(c)
+        elif 0xDC80 <= ord(c) <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif ord(c) <= 0xFF:
+            out.append(f"\\x{ord(c):02x}")
+        elif ord(c) <= 0xFFFF:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(f"\\U{ord(c):08x}")
+    return "".join(out)
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def preview(data: bytes | None, limit: int = PREVIEW_CHARS) -> str:
+    """A short, safe rendering of a key or value: UTF-8 where it is, `\\xNN` for bytes that are not."""
+    if data is None:
+        return "(null)"
+    if not data:
+        return "(empty)"
+    # Decode only the start: a dead letter can be hundreds of KB. Four bytes per character at most, so
+    # this prefix holds more than `limit` characters whenever the value does. surrogateescape keeps each
+    # invalid byte as one lone surrogate, which escape() renders as that byte.
+    head = data[: limit * 4 + 4].decode("utf-8", errors="surrogateescape")
+    return shorten(escape(head), limit)
+
+
+def when(ms: int) -> str:
+    """Milliseconds since the epoch as an ISO time in UTC, to the second; "-" when unknown."""
+    if ms <= 0:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def origin(letter: DeadLetter) -> str:
+    return escape(f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}")
+
+
+def format_line(letter: DeadLetter) -> str:
+    """One dead letter as one line: its offset, where it came from, when it was set aside, by whom, why,
+    and what it holds."""
+    r = letter.record
+    size = len(r.value) if r.value is not None else 0
+    return (
+        f"{r.offset}  {origin(letter)}  {when(letter.failed_at_ms)}  {escape(letter.group_id) or '-'}  "
+        f"{shorten(escape(letter.reason), REASON_CHARS)}  "
+        f"key={preview(r.key, 40)}  value[{size} B]={preview(r.value)}"
+    )
+
+
+def format_json(letter: DeadLetter) -> str:
+    """One dead letter as one JSON object (for scripts): the same facts, previews instead of raw bytes."""
+    r = letter.record
+    return json.dumps(
+        {
+            "offset": r.offset,
+            "partition": r.partition,
+            "source_topic": letter.source_topic,
+            "source_partition": letter.source_partition,
+            "source_offset": letter.source_offset,
+            "failed_at": when(letter.failed_at_ms),
+            "group": letter.group_id,
+            "reason": letter.reason,
+            "key": preview(r.key, 200),
+            "value": preview(r.value, 200),
+            "value_bytes": len(r.value) if r.value is not None else None,
+            "headers": [k for k, _ in letter.original_headers()],
+        },
+        ensure_ascii=True,  # one line, and no raw control or bidi characters reach a terminal
+    )
+
+
+# ------------------------------------------------------------------------------------------- Kafka
+
+
+def reader(settings: Settings) -> KafkaConsumer:
+    return KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id="rides-dlq",
+        bootstrap_timeout_ms=clients.ATTEMPT_TIMEOUT_MS,
+        # Looking must change nothing: no group, so no committed offsets and no rebalance of anyone.
+        group_id=None,
+        enable_auto_commit=False,
+        # A dead letter written in a transaction that was then aborted was never set aside for real
+        # (transaction.py wrote it again in the retry): show only what downstream readers would see.
+        isolation_level="read_committed",
+        # A mistyped name must say "does not exist", not create an empty topic.
+        allow_auto_create_topics=False,
+    )
+
+
+def read(consumer: KafkaConsumer, topic: str, partition: int, chosen: Offsets,
+         shutdown: Shutdown) -> Iterator[DeadLetter]:
+    """The chosen dead letters of one partition, from the beginning to the end it had when reading began."""
+    tp = TopicPartition(topic, partition)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    end = consumer.end_offsets([tp])[tp]  # read_committed: the last stable offset
+    if chosen.last is not None:
+        end = min(end, chosen.last + 1)
+    last_progress = time.monotonic()
+    while consumer.position(tp) < end:
+        if shutdown.requested:
+            raise cli.Interrupted()
+        records = consumer.poll(timeout_ms=500).get(tp, [])
+        if records:
+            last_progress = time.monotonic()
+        elif time.monotonic() - last_progress > STALL_SECONDS:
+            raise cli.Fatal(f"{topic}[{partition}]: no records for {STALL_SECONDS:.0f} s at offset "
+                            f"{consumer.position(tp)} of {end}; is the broker still up?")
+        for r in records:
+            if r.offset >= end:
+                return
+            if r.offset in chosen:
+                yield DeadLetter.parse(r)
+
+
+def open_topic(settings: Settings, shutdown: Shutdown, topic_arg: str, partition: int) -> tuple[KafkaConsumer, str]:
+    topic = settings.topic(dead_letter_name(topic_arg))
+    consumer = clients.connect(settings, shutdown, lambda: reader(settings), "reading dead letters")
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        consumer.close()
+        raise cli.Fatal(f"topic {topic} does not exist at {settings.bootstrap_servers} (nothing was ever "
+                        f"dead-lettered there, or check the name and --topic-prefix)")
+    if partition not in partitions:
+        consumer.close()
+        raise cli.Fatal(f"topic {topic} has no partition {partition} (it has {len(partitions)})")
+    if len(partitions) > 1:
+        log.info("%s has %d partitions; this is partition %d (--partition)", topic, len(partitions), partition)
+    return consumer, topic
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+
+def list_command(settings: Settings, args: argparse.Namespace, shutdown: Shutdown) -> int:
+    consumer, topic = open_topic(settings, shutdown, args.topic, args.partition)
+    shown = 0
+    try:
+        render: Callable[[DeadLetter], str] = format_json if args.json else format_line
+        for letter in read(consumer, topic, args.partition, args.offsets or ALL, shutdown):
+            if args.limit is not None and shown >= args.limit:
+                break
+            print(render(letter), flush=True)
+            shown += 1
+    finally:
+        consumer.close()
+    log.info("%d dead letters listed from %s[%d]", shown, topic, args.partition)
+    return 0
+
+
+def replay_command(settings: Settings, args: argparse.Namespace, shutdown: Shutdown) -> int:
+    chosen = ALL if args.all else args.offsets
+    consumer, topic = open_topic(settings, shutdown, args.topic, args.partition)
+    try:
+        letters = list(read(consumer, topic, args.partition, chosen, shutdown))
+        existing = set(consumer.topics())
+    finally:
+        consumer.close()
+    if not letters:
+        raise cli.Fatal(f"no dead letters at offsets {chosen} of {topic}[{args.partition}]; nothing replayed")
+    missing = sorted({letter.source_topic for letter in letters} - existing)
+    if missing:
+        raise cli.Fatal(f"source topic {', '.join(missing)} does not exist; nothing replayed")
+    # The same producer as the pipeline's (idempotent, acks=all): a replayed record is written once.
+    producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "rides-dlq-replay"),
+                               "replaying dead letters")
+    try:
+        futures = [
+            (letter, producer.send(letter.source_topic, key=letter.record.key, value=letter.record.value,
+                                   headers=letter.original_headers()))
+            for letter in letters
+        ]
+        producer.flush()
+        replayed = 0
+        for letter, future in futures:
+            try:
+                meta = future.get(timeout=0)  # flushed: already done
+            except Exception as e:
+                raise cli.Fatal(f"replaying {topic}@{letter.record.offset} failed ({type(e).__name__}: {e}); "
+                                f"{replayed} of {len(letters)} were replayed before it (see above)") from None
+            print(f"replayed {letter.record.offset} -> {escape(meta.topic)}[{meta.partition}]@{meta.offset}",
+                  flush=True)
+            replayed += 1
+    finally:
+        producer.close()
+    log.info("replayed %d dead letters from %s[%d] (offsets %s)", replayed, topic, args.partition, chosen)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def offsets_arg(text: str) -> Offsets:
+    try:
+        return parse_offsets(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    commands = p.add_subparsers(dest="command", required=True, metavar="{list,replay}")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        # The flags every script shares, after the command name (`list TOPIC --bootstrap-servers ...`).
+        c = commands.add_parser(name, help=help, description=help, parents=[cli.parser(None)],
+                                conflict_handler="resolve")
+        c.add_argument("topic", metavar="TOPIC",
+                       help="dead-letter topic (ride_details.dlq) or its source topic (ride_details)")
+        c.add_argument("--partition", type=int, default=0, metavar="P",
+                       help="partition of the dead-letter topic (default: 0, the only one)")
+        return c
+
+    ls = command("list", "print one line per dead letter: offset, origin, when, group, reason, key and value")
+    ls.add_argument("--offsets", type=offsets_arg, metavar="3,5-9,20-", help="only these offsets (default: all)")
+    ls.add_argument("--limit", type=int, metavar="N", help="stop after N dead letters")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line instead")
+
+    rp = command("replay", "send the chosen dead letters' original key, value and headers to their source topic")
+    which = rp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--offsets", type=offsets_arg, metavar="3,5-9,20-", help="the dead letters to replay")
+    which.add_argument("--all", action="store_true", help="replay every dead letter of the topic")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if getattr(args, "limit", None) is not None and args.limit < 0:
+        p.error("--limit must be 0 or more")
+    # The settings come from the shared flags only, through the same path as every script's.
+    shared = cli.parser(None)
+    names = vars(shared.parse_args([])).keys()
+    shared_argv = [f"--{n.replace('_', '-')}={getattr(args, n)}" for n in names if getattr(args, n) is not None]
+    settings = cli.load(Settings, shared, shared_argv)
+    shutdown = Shutdown.on_signals()
+    run = list_command if args.command == "list" else replay_command
+    return run(settings, args, shutdown)
+
+
+if __name__ == "__main__":
+    cli.run(lambda: main(sys.argv[1:]))
