@@ -234,7 +234,7 @@ def _wait_for_topic(admin, topic: str, partitions: int, timeout: float = 30.0) -
         described = admin.describe_topics([topic])
         if described and not described[0].get("error_code"):
             parts = described[0].get("partitions") or []
-            if len(parts) == partitions and all(p.get("leader", -1) >= 0 for p in parts):
+            if len(parts) == partitions and all(p.get("leader_id", -1) >= 0 for p in parts):
                 return
         time.sleep(0.1)
     raise TimeoutError(f"topic {topic} has no leader for all {partitions} partitions after {timeout:.0f} s")
