@@ -25,11 +25,21 @@ class Interrupted(Exception):
     """Asked to stop (SIGINT/SIGTERM) before there was any work to finish: a clean exit."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless its help already says it: flags default to None (so that the
+    environment can apply), and "(default: None)" after "(default: 60)" would be wrong."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser(description: str | None, *, group_id: str | None = None) -> argparse.ArgumentParser:
     """The flags every script shares; consumers pass their default consumer group."""
     p = argparse.ArgumentParser(
         description=(description or "").strip().split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     # Flags default to None so that the environment and then Settings' defaults apply.
     p.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]",
