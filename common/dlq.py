@@ -15,6 +15,11 @@ only once, since every replay sends the records again.
 
 from __future__ import annotations
 
+# First: `python -m common.dlq` runs with the project root on sys.path, where email.py would shadow the
+# standard library's `email` package that pydantic's import of importlib.metadata needs.
+import common.stdlib_email  # noqa: F401
+
+# isort: split
 import argparse
 import json
 import logging
