@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.producer.future import FutureRecordMetadata
 
 from common.topics import dead_letter_topic
 
@@ -57,12 +58,15 @@ class DeadLetters:
         self._group_id = group_id
         self.count = 0
 
-    def send(self, record: ConsumerRecord, reason: str) -> None:
+    def send(self, record: ConsumerRecord, reason: str) -> FutureRecordMetadata:
+        """Send one dead letter; the returned future says whether the broker took it (callers that
+        commit after a flush check it, so that a dead letter that failed is not committed past)."""
         topic = dead_letter_topic(record.topic)
         log.warning("%s: %s -> set aside in %s", where(record), reason, topic)
-        self._producer.send(topic, key=record.key, value=record.value,
-                            headers=headers_for(record, reason, self._group_id))
+        future = self._producer.send(topic, key=record.key, value=record.value,
+                                     headers=headers_for(record, reason, self._group_id))
         self.count += 1
+        return future
 
 
 @dataclass(frozen=True)
