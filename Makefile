@@ -1,0 +1,34 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv and installs the pinned
+# requirements on first use (and again whenever a requirements file changes).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not chaos' -x"`.
+PYTEST_ARGS ?=
+# Extra broker arguments, e.g. `make broker ARGS="--fresh"`.
+ARGS ?=
+
+.PHONY: venv test demo broker lint
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+# The whole suite against a real broker (see README: how the tests find one).
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Rides through a real broker, then everything the demo started is stopped.
+demo: venv
+	$(PY) tools/demo.py
+
+# A development broker in the foreground on localhost:9092; Ctrl-C stops it.
+broker: venv
+	$(PY) -m common.broker $(ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
