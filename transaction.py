@@ -1,0 +1,390 @@
+"""Confirm ride requests: validate each one, assign a driver, estimate the pickup ETA and the fare.
+
+Consumes ride_details in group "transaction"; publishes each request to ride_confirmed, or to
+ride_rejected with the reason when it cannot be served; sets unreadable or invalid records aside in
+ride_details.dlq. Run several instances with distinct --instance values to share the partitions.
+
+Guarantee: exactly-once by default. Each batch's outputs (confirmed, rejected, dead letters) and its
+consumed offsets are committed in one Kafka transaction, so readers with isolation_level=read_committed
+see every request's outcome exactly once, across crashes, restarts, rebalances and broker restarts.
+With --guarantee at-least-once, outputs are flushed before the offsets are committed: nothing is lost,
+but a crash between the two publishes that batch's outcomes again.
+"""
+
+from __future__ import annotations
+
+import common.stdlib_email  # noqa: F401  (first: the project's email.py shadows the stdlib `email` package)
+
+# isort: split
+import hashlib
+import logging
+import math
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Annotated, Literal
+from uuid import UUID
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import (
+    AuthorizationError,
+    InvalidProducerEpochError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFencedError,
+    TransactionCoordinatorFencedError,
+    UnsupportedVersionError,
+)
+from pydantic import Field
+
+from common import city, cli, clients, consume, schemas, topics
+from common.dead_letters import DeadLetters, where
+from common.schemas import Place, PoisonRecord, RideConfirmed, RideRejected, RideRequest
+from common.settings import ConsumerSettings
+from common.shutdown import Shutdown
+
+log = logging.getLogger(__name__)
+
+DRIVERS = tuple(f"driver-{n:03d}" for n in range(1, 201))
+# New York yellow-cab style tariff: a flag drop, then distance and time.
+BASE_FARE = Decimal("3.00")
+PER_KM = Decimal("1.75")
+PER_MINUTE = Decimal("0.50")
+CENTS = Decimal("0.01")
+MAX_PASSENGERS = 4  # every car in the pool seats four
+MIN_TRIP_KM = 0.05  # closer than this, pickup and drop-off are the same place
+DRIVER_MAX_KM = 4.0  # the assigned driver is somewhere within this distance of the pickup
+
+
+# ------------------------------------------------------------------------------------ the domain
+
+
+def _ride_hash(ride_id: UUID) -> int:
+    # A hash, not the UUID's own bits: the spread must not depend on how producers make their ids.
+    return int.from_bytes(hashlib.blake2b(ride_id.bytes, digest_size=16).digest(), "big")
+
+
+def assign_driver(ride_id: UUID) -> str:
+    """The driver for a ride: the same ride always gets the same driver, and rides spread evenly."""
+    return DRIVERS[_ride_hash(ride_id) % len(DRIVERS)]
+
+
+def driver_position(ride_id: UUID, pickup: Place) -> tuple[float, float]:
+    """Where the assigned driver is when the ride is confirmed: deterministic, 0-4 km from the pickup."""
+    h = _ride_hash(ride_id) >> 64  # bits independent of the driver choice
+    bearing = (h & 0xFFFF) / 0x10000 * 2 * math.pi
+    km = ((h >> 16) & 0xFFFF) / 0x10000 * DRIVER_MAX_KM
+    lat = pickup.lat + km * math.cos(bearing) / 111.32
+    lon = pickup.lon + km * math.sin(bearing) / (111.32 * math.cos(math.radians(pickup.lat)))
+    return lat, lon
+
+
+def pickup_eta_minutes(km: float) -> float:
+    """Minutes for the driver to reach the pickup, at the city's average speed."""
+    return round(city.travel_minutes(km), 1)
+
+
+def fare(trip_km: float) -> Decimal:
+    """Base + per km + per minute of the trip at the city's speed, rounded half up to cents."""
+    km = Decimal(str(round(trip_km, 3)))
+    minutes = Decimal(str(round(city.travel_minutes(trip_km), 2)))
+    return (BASE_FARE + PER_KM * km + PER_MINUTE * minutes).quantize(CENTS, rounding=ROUND_HALF_UP)
+
+
+def rejection_reason(request: RideRequest) -> str | None:
+    """Why a valid request cannot be served, or None when it can."""
+    for name, place in (("pickup", request.pickup), ("drop-off", request.dropoff)):
+        if not city.in_service_area(place.lat, place.lon):
+            return f"{name} ({place.lat:.5f}, {place.lon:.5f}) is outside the service area ({city.NAME})"
+    if request.passengers > MAX_PASSENGERS:
+        return f"{request.passengers} passengers: cars seat at most {MAX_PASSENGERS}"
+    if trip_km(request) < MIN_TRIP_KM:
+        return "pickup and drop-off are the same place"
+    return None
+
+
+def trip_km(request: RideRequest) -> float:
+    return city.distance_km(request.pickup.lat, request.pickup.lon, request.dropoff.lat, request.dropoff.lon)
+
+
+def confirm(request: RideRequest, now: datetime) -> RideConfirmed:
+    """The confirmed ride: a driver, the pickup ETA from the driver's distance, and the fare."""
+    driver_lat, driver_lon = driver_position(request.ride_id, request.pickup)
+    to_pickup = city.distance_km(driver_lat, driver_lon, request.pickup.lat, request.pickup.lon)
+    km = trip_km(request)
+    return RideConfirmed(
+        **request.model_dump(),
+        driver_id=assign_driver(request.ride_id),
+        distance_km=round(km, 3),
+        pickup_eta_minutes=pickup_eta_minutes(to_pickup),
+        fare=fare(km),
+        currency=city.CURRENCY,
+        confirmed_at=now,
+    )
+
+
+def reject(request: RideRequest, reason: str, now: datetime) -> RideRejected:
+    return RideRejected(ride_id=request.ride_id, customer_id=request.customer_id, reason=reason,
+                        rejected_at=now, request=request)
+
+
+def decide(request: RideRequest, now: datetime) -> RideConfirmed | RideRejected:
+    reason = rejection_reason(request)
+    return reject(request, reason, now) if reason else confirm(request, now)
+
+
+# ------------------------------------------------------------------------------------ the script
+
+EXACTLY_ONCE = "exactly-once"
+AT_LEAST_ONCE = "at-least-once"
+# The producer cannot go on after these: another instance took over its transactional.id, or the
+# broker will never allow transactions. Everything else aborts the batch and reads it again.
+FATAL_ERRORS = (ProducerFencedError, InvalidProducerEpochError, TransactionCoordinatorFencedError,
+                AuthorizationError, UnsupportedVersionError)
+
+
+def is_fatal(e: BaseException) -> bool:
+    # Once the producer is in its fatal state, kafka-python raises a plain KafkaError that only names
+    # the original error in its message ("... in an error state: ProducerFencedError ...").
+    return isinstance(e, FATAL_ERRORS) or any(cls.__name__ in str(e) for cls in FATAL_ERRORS)
+
+
+STOP_GRACE = 5.0  # seconds a stop request waits for an unfinished batch's outputs before giving up on it
+
+
+class TransactionSettings(ConsumerSettings):
+    guarantee: Literal["exactly-once", "at-least-once"] = EXACTLY_ONCE
+    instance: Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9._-]+$")] = "0"
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.topic_prefix}{self.group_id}-{self.instance}"
+
+
+class Abandoned(Exception):
+    """Asked to stop while a batch could not be finished (Kafka unreachable): nothing of it is committed."""
+
+
+class LogAssignment(ConsumerRebalanceListener):
+    """One log line per rebalance: which partitions this instance now works on."""
+
+    def on_partitions_revoked(self, revoked):
+        if revoked:
+            log.info("partitions revoked: %s", _partitions(revoked))
+
+    def on_partitions_assigned(self, assigned):
+        log.info("partitions assigned: %s", _partitions(assigned))
+
+
+def _partitions(tps) -> str:
+    by_topic: dict[str, list[int]] = {}
+    for tp in tps:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return " ".join(f"{t}{sorted(ps)}".replace(" ", "") for t, ps in sorted(by_topic.items())) or "none"
+
+
+class Pipeline:
+    """The Kafka side of transaction.py: one batch in, its outcomes out, committed as one."""
+
+    def __init__(self, settings: TransactionSettings, shutdown: Shutdown) -> None:
+        self.settings = settings
+        self.shutdown = shutdown
+        self.exactly_once = settings.guarantee == EXACTLY_ONCE
+        self.confirmed_topic = settings.topic(topics.RIDE_CONFIRMED)
+        self.rejected_topic = settings.topic(topics.RIDE_REJECTED)
+        self.totals: Counter[str] = Counter()
+        self.producer = self._connect_producer()
+        self.consumer: KafkaConsumer = clients.connect(
+            settings, shutdown,
+            lambda: clients.consumer(settings, [settings.topic(topics.RIDE_DETAILS)],
+                                     f"transaction-{settings.instance}", listener=LogAssignment()),
+            "consumer")
+
+    # ------------------------------------------------------------------------------- clients
+
+    def _connect_producer(self) -> KafkaProducer:
+        def make() -> KafkaProducer:
+            if not self.exactly_once:
+                return clients.producer(self.settings, f"transaction-{self.settings.instance}")
+            producer = clients.producer(self.settings, f"transaction-{self.settings.instance}",
+                                        transactional_id=self.settings.transactional_id)
+            try:
+                # Fences an earlier producer with this transactional.id (a crashed run of this instance)
+                # and aborts the transaction it left open, so its half-done batch is never seen.
+                producer.init_transactions()
+            except BaseException:
+                producer.close(timeout=0)
+                raise
+            return producer
+
+        try:
+            producer = clients.connect(self.settings, self.shutdown, make, "producer")
+        except KafkaError as e:
+            if is_fatal(e):
+                raise cli.Fatal(self._fatal_message(e)) from None
+            raise
+        self.dead_letters = DeadLetters(producer, self.settings.group_id)
+        return producer
+
+    def _fatal_message(self, e: Exception) -> str:
+        fenced = (ProducerFencedError, InvalidProducerEpochError, TransactionCoordinatorFencedError)
+        if isinstance(e, fenced) or any(cls.__name__ in str(e) for cls in fenced):
+            return (f"fenced: another transaction.py runs with transactional.id {self.settings.transactional_id} "
+                    f"(--instance {self.settings.instance} in group {self.settings.group_id}); give every running "
+                    f"instance its own --instance ({type(e).__name__})")
+        return (f"the broker refuses transactions ({type(e).__name__}: {e}); grant this client the transactional "
+                f"id {self.settings.transactional_id}, or run with --guarantee at-least-once")
+
+    def close(self) -> None:
+        try:
+            self.consumer.close(timeout_ms=2000)
+        finally:
+            try:
+                self.producer.close(timeout=2)
+            except KafkaError as e:  # outputs of an abandoned batch: never committed, read again next run
+                log.warning("producer closed with records unsent (%s)", e)
+
+    # ------------------------------------------------------------------------------- one batch
+
+    def process(self, records: list[ConsumerRecord], now: datetime) -> tuple[Counter[str], list]:
+        """Send the outcome of every record; returns the counts and the sends' futures."""
+        counts: Counter[str] = Counter()
+        futures = []
+        for record in records:
+            try:
+                request = schemas.decode(RideRequest, record.key, record.value)
+            except PoisonRecord as e:
+                futures.append(self.dead_letters.send(record, str(e)))
+                counts["dead_lettered"] += 1
+                continue
+            outcome = decide(request, now)
+            key = schemas.ride_key(request.ride_id)
+            if isinstance(outcome, RideRejected):
+                log.info("%s: ride %s rejected: %s", where(record), request.ride_id, outcome.reason)
+                futures.append(self.producer.send(self.rejected_topic, key=key, value=schemas.encode(outcome)))
+                counts["rejected"] += 1
+            else:
+                futures.append(self.producer.send(self.confirmed_topic, key=key, value=schemas.encode(outcome)))
+                counts["confirmed"] += 1
+        return counts, futures
+
+    def _await_delivery(self, futures: list) -> None:
+        """Wait until the broker has every output of the batch; raise the first failure."""
+        stop_by = None
+        while True:
+            try:
+                self.producer.flush(timeout=1.0)  # in steps, to notice a stop request during an outage
+                break
+            except KafkaTimeoutError:
+                if self.shutdown.requested:
+                    stop_by = stop_by or time.monotonic() + STOP_GRACE
+                    if time.monotonic() > stop_by:
+                        raise Abandoned() from None
+        for f in futures:
+            if f.failed():
+                raise f.exception
+
+    def run_batch(self, records: list[ConsumerRecord]) -> None:
+        if self.exactly_once:
+            self.producer.begin_transaction()
+            counts, futures = self.process(records, datetime.now(timezone.utc))
+            # commit_transaction() would send these too, but only a flush says which send failed.
+            self._await_delivery(futures)
+            # The offsets are committed with the outputs, or not at all: never one without the other.
+            # The group metadata lets the broker refuse them if this instance lost the partitions.
+            self.producer.send_offsets_to_transaction(consume.next_offsets(records), self.consumer.group_metadata())
+            self.producer.commit_transaction()
+        else:
+            counts, futures = self.process(records, datetime.now(timezone.utc))
+            self._await_delivery(futures)  # outputs first ...
+            consume.commit(self.consumer, records)  # ... then the offsets: at-least-once
+        self.totals.update(counts)
+        self.totals["batches"] += 1
+
+    def recover(self, records: list[ConsumerRecord], error: KafkaError) -> None:
+        """After a failed batch: abort its transaction and read it again from the committed offsets."""
+        first = records[0]
+        log.warning("batch of %d records from %s failed (%s: %s): aborting it and reading it again",
+                    len(records), where(first), type(error).__name__, error)
+        self.totals["aborted"] += 1
+        if self.exactly_once:
+            try:
+                self.producer.abort_transaction()
+            except KafkaError as e:
+                if is_fatal(e):
+                    raise cli.Fatal(self._fatal_message(e)) from None
+                # The producer cannot abort (e.g. it failed in the middle of a commit): start a new one.
+                # Its init_transactions() settles whatever the old one left open.
+                log.warning("cannot abort the transaction (%s: %s): starting a new producer", type(e).__name__, e)
+                try:
+                    self.producer.close(timeout=0)
+                except KafkaError:
+                    pass
+                self.producer = self._connect_producer()
+        # Never go on from the in-memory position after a failed batch: that would skip its rides.
+        delay = 0.5
+        while True:
+            try:
+                consume.rewind(self.consumer)
+                return
+            except KafkaError as e:
+                log.warning("cannot read the committed offsets yet (%s: %s); retrying", type(e).__name__, e)
+                if self.shutdown.sleep(delay):
+                    raise Abandoned() from None
+                delay = min(delay * 2, 5.0)
+
+    def run(self) -> None:
+        last_report = time.monotonic()
+        while not self.shutdown.requested:
+            records = consume.poll_batch(self.consumer)
+            if records:
+                try:
+                    self.run_batch(records)
+                except KafkaError as e:
+                    if is_fatal(e):
+                        raise cli.Fatal(self._fatal_message(e)) from None
+                    self.recover(records, e)
+            if time.monotonic() - last_report >= 10:
+                last_report = time.monotonic()
+                log.info("progress: confirmed=%d rejected=%d dead_lettered=%d", self.totals["confirmed"],
+                         self.totals["rejected"], self.totals["dead_lettered"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__, group_id="transaction")
+    p.add_argument("--guarantee", choices=[EXACTLY_ONCE, AT_LEAST_ONCE],
+                   help="exactly-once: Kafka transactions; at-least-once: flush, then commit (faster; a crash "
+                        "may publish a batch twice) (default: exactly-once)")
+    p.add_argument("--instance", metavar="ID",
+                   help="this instance's name, unique among running instances: the transactional.id is "
+                        "<topic prefix><group id>-<ID>; two instances with the same ID fence each other "
+                        "(default: 0)")
+    settings = cli.load(TransactionSettings, p, argv)
+
+    shutdown = Shutdown.on_signals()
+    admin = clients.connect(settings, shutdown, lambda: clients.admin(settings), "admin client")
+    try:
+        topics.ensure_topics(admin, settings)
+    finally:
+        admin.close()
+    pipeline = Pipeline(settings, shutdown)
+    log.info("confirming rides from %s in group %s, %s%s", settings.topic(topics.RIDE_DETAILS),
+             settings.group_id, settings.guarantee,
+             f" (transactional.id {settings.transactional_id})" if pipeline.exactly_once else "")
+    try:
+        pipeline.run()
+    except Abandoned:
+        log.warning("stopped with a batch unfinished: nothing of it was committed; the next run processes it")
+    finally:
+        pipeline.close()
+        t = pipeline.totals
+        log.info("summary: confirmed=%d rejected=%d dead_lettered=%d batches=%d aborted=%d guarantee=%s",
+                 t["confirmed"], t["rejected"], t["dead_lettered"], t["batches"], t["aborted"], settings.guarantee)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
