@@ -1,0 +1,445 @@
+"""email.py: send each confirmed rider one confirmation email, however often Kafka delivers the ride.
+
+Consumes ride_confirmed in group "email". Without SMTP settings each email is written as one
+`<ride_id>.eml` file into --outbox; with them (SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASSWORD, SMTP_FROM
+or the --smtp-* flags) it goes out through that SMTP server.
+
+Guarantee: at-least-once consumption with an idempotent effect. A SQLite ledger keyed by ride_id records
+every email before the batch's offsets are committed, so a ride Kafka delivers again (a restart, a
+rebalance, a duplicate from transaction.py's at-least-once mode) is skipped, never emailed twice.
+
+The crash window: the ledger marks a ride 'sending' (committed to SQLite) before delivering and 'sent'
+after. A crash between the two leaves 'sending': on replay that ride is delivered again with the same
+Message-ID. In the outbox the same file is replaced, so there is exactly one file per ride; over SMTP the
+rider may get the email twice (at most one extra email per crash: only the ride in flight), and mail
+clients recognise it by its Message-ID. Never losing an email is preferred over never repeating one.
+"""
+
+import common.stdlib_email  # noqa: F401  (first: this file's name shadows the stdlib `email` package)
+
+# isort: split
+import logging
+import os
+import smtplib
+import sqlite3
+import ssl
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from pathlib import Path
+from uuid import UUID
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FROM = "Rides <rides@rides.example>"
+LEDGER_NAME = ".ledger.sqlite3"
+
+# The email trap, part two. With the project root on sys.path, whatever imports the standard library's
+# `email` package first (pytest, pydantic, http.client, ...) finds this file and runs it under the name
+# "email", in the middle of its own import. The first line of this file has put the real package in
+# place; everything else needs Kafka, pydantic and common/, and importing them now would re-enter the
+# half-imported module that asked for `email`. So they are imported, and the settings defined, only
+# when this file runs as itself: as a script, or loaded by a test under another name.
+if __name__ != "email":
+    from kafka.consumer.fetcher import ConsumerRecord
+    from pydantic import AliasChoices, Field, SecretStr, field_validator
+
+    from common import cli, clients, consume, schemas, topics
+    from common.dead_letters import DeadLetters, where
+    from common.settings import ConsumerSettings
+    from common.shutdown import Shutdown
+
+    class EmailSettings(ConsumerSettings):
+        """Kafka settings plus where emails go: an SMTP server if SMTP_HOST is set, else the outbox folder."""
+
+        outbox: Path = Path("outbox")
+        # Default: inside the outbox, so that whoever empties the outbox forgets the ledger with it.
+        ledger: Path | None = None
+        smtp_host: str | None = Field(None, min_length=1, validation_alias=AliasChoices("smtp_host", "SMTP_HOST"))
+        smtp_port: int = Field(587, ge=1, le=65535, validation_alias=AliasChoices("smtp_port", "SMTP_PORT"))
+        smtp_user: str | None = Field(None, validation_alias=AliasChoices("smtp_user", "SMTP_USER"))
+        smtp_password: SecretStr | None = Field(None, validation_alias=AliasChoices("smtp_password", "SMTP_PASSWORD"))
+        smtp_from: str = Field(DEFAULT_FROM, validation_alias=AliasChoices("smtp_from", "SMTP_FROM"))
+
+        @field_validator("smtp_from")
+        @classmethod
+        def _an_address(cls, value: str) -> str:
+            _, address = parseaddr(value)
+            if "@" not in address:
+                raise ValueError(f"not an email address: {value!r}")
+            return value
+
+        @property
+        def ledger_path(self) -> Path:
+            return self.ledger or self.outbox / LEDGER_NAME
+
+
+# ------------------------------------------------------------------------------------ the email itself
+
+
+def message_id(ride_id: UUID, sender: str) -> str:
+    """The same ride always gets the same Message-ID, so a resend is recognisable as the same email."""
+    domain = parseaddr(sender)[1].rpartition("@")[2]
+    return f"<ride-{ride_id}@{domain}>"
+
+
+def render(ride: "schemas.RideConfirmed", sender: str = DEFAULT_FROM) -> EmailMessage:
+    """The confirmation email for one ride; the same ride renders to the same bytes (no clock, no random)."""
+    eta = max(1, round(ride.pickup_eta_minutes))
+    fare = f"{ride.fare:.2f} {ride.currency}"
+    msg = EmailMessage()
+    msg["Subject"] = f"Your ride is confirmed: driver {ride.driver_id} arrives in about {eta} min"
+    msg["From"] = sender
+    msg["To"] = ride.customer_email
+    msg["Date"] = format_datetime(ride.confirmed_at.astimezone(timezone.utc))
+    msg["Message-ID"] = message_id(ride.ride_id, sender)
+    msg["X-Ride-ID"] = str(ride.ride_id)
+    msg.set_content(
+        f"Hello {ride.customer_id},\n"
+        f"\n"
+        f"your ride is confirmed.\n"
+        f"\n"
+        f"  Driver:     {ride.driver_id}\n"
+        f"  Pickup in:  about {eta} min ({ride.pickup_eta_minutes:.1f} min)\n"
+        f"  Pickup:     {ride.pickup.zone} ({ride.pickup.lat:.5f}, {ride.pickup.lon:.5f})\n"
+        f"  Drop-off:   {ride.dropoff.zone} ({ride.dropoff.lat:.5f}, {ride.dropoff.lon:.5f})\n"
+        f"  Distance:   {ride.distance_km:.1f} km\n"
+        f"  Passengers: {ride.passengers}\n"
+        f"  Fare:       {fare} (estimate)\n"
+        f"\n"
+        f"Ride {ride.ride_id}, confirmed {ride.confirmed_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC.\n"
+        f"Thank you for riding with us.\n"
+    )
+    return msg
+
+
+# ------------------------------------------------------------------------------------------ the ledger
+
+SENDING = "sending"  # about to be delivered, or delivered just before a crash: "maybe sent"
+SENT = "sent"
+
+
+class Ledger:
+    """Which rides were emailed: ride_id -> 'sending' | 'sent', in SQLite.
+
+    Every change is its own committed transaction, written before the effect it announces ('sending')
+    or right after it ('sent'), and always before Kafka's offset commit.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: autocommit, each statement below is one transaction.
+        # timeout: another email.py of the group may hold the write lock for a moment.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        # WAL + synchronous=NORMAL: a commit survives a crash of this process (kill -9) without an fsync
+        # per email; only an OS crash or power cut may lose the last ones (then they are emailed again).
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS emails ("
+            " ride_id TEXT PRIMARY KEY,"
+            " message_id TEXT NOT NULL,"
+            " status TEXT NOT NULL CHECK (status IN ('sending', 'sent')),"
+            " updated_at TEXT NOT NULL)"
+        )
+
+    def status(self, ride_id: UUID) -> str | None:
+        row = self._db.execute("SELECT status FROM emails WHERE ride_id = ?", (str(ride_id),)).fetchone()
+        return row[0] if row else None
+
+    def _set(self, ride_id: UUID, msg_id: str, status: str) -> None:
+        self._db.execute(
+            "INSERT INTO emails (ride_id, message_id, status, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (ride_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+            (str(ride_id), msg_id, status, datetime.now(timezone.utc).isoformat()),
+        )
+
+    def sending(self, ride_id: UUID, msg_id: str) -> None:
+        self._set(ride_id, msg_id, SENDING)
+
+    def sent(self, ride_id: UUID, msg_id: str) -> None:
+        self._set(ride_id, msg_id, SENT)
+
+    def forget(self, ride_id: UUID) -> None:
+        """For a ride set aside in the dead-letter topic: a replay from there must email it."""
+        self._db.execute("DELETE FROM emails WHERE ride_id = ?", (str(ride_id),))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def read_ledger(path: Path) -> dict[str, str]:
+    """ride_id -> status of a ledger file (for tests and people: `sqlite3 outbox/.ledger.sqlite3`)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return dict(db.execute("SELECT ride_id, status FROM emails").fetchall())
+    finally:
+        db.close()
+
+
+# ------------------------------------------------------------------------------------------- delivery
+
+
+def eml_name(ride_id: UUID) -> str:
+    return f"{ride_id}.eml"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Readers see the old file or the whole new one, never half an email: write aside, then rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Outbox:
+    """Delivery without a mail server: one .eml file per ride, replaced (not duplicated) on a resend."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def deliver(self, message: EmailMessage, ride_id: UUID) -> str:
+        path = self.directory / eml_name(ride_id)
+        write_atomically(path, bytes(message))
+        return str(path)
+
+    def close(self) -> None:
+        pass
+
+
+class Smtp:
+    """Delivery through an SMTP server, over one connection kept open between emails."""
+
+    def __init__(self, settings: "EmailSettings") -> None:
+        self.host, self.port = settings.smtp_host or "", settings.smtp_port
+        self._user = settings.smtp_user
+        self._password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        self._conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        context = ssl.create_default_context()
+        if self.port == 465:  # implicit TLS ("SMTPS")
+            conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=30, context=context)
+        else:
+            conn = smtplib.SMTP(self.host, self.port, timeout=30)
+            conn.ehlo()
+            if conn.has_extn("starttls"):  # never send a password in clear when the server offers TLS
+                conn.starttls(context=context)
+                conn.ehlo()
+        if self._user:
+            conn.login(self._user, self._password or "")
+        return conn
+
+    def deliver(self, message: EmailMessage, ride_id: UUID) -> str:
+        if self._conn is None:
+            self._conn = self._connect()
+        try:
+            self._conn.send_message(message)
+        except (smtplib.SMTPException, OSError):
+            self.close()  # the next attempt starts on a fresh connection
+            raise
+        return f"smtp://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.quit()
+            except (smtplib.SMTPException, OSError):
+                conn.close()
+
+
+class Refused(Exception):
+    """The server refused the recipient for good (5xx): retrying cannot help, the ride is set aside."""
+
+
+class Stopped(Exception):
+    """Asked to stop while waiting to retry a delivery."""
+
+
+def permanently_refused(error: smtplib.SMTPRecipientsRefused) -> bool:
+    return bool(error.recipients) and all(code >= 500 for code, _ in error.recipients.values())
+
+
+def deliver_with_retries(
+    deliver: Callable[[EmailMessage, UUID], str],
+    message: EmailMessage,
+    ride_id: UUID,
+    sleep: Callable[[float], bool],
+    attempts: int = 4,
+    first_delay: float = 1.0,
+) -> str:
+    """deliver(), retried with backoff (1, 2, 4 s); raises cli.Fatal once every attempt has failed.
+
+    sleep(seconds) returns True when asked to stop meanwhile (Shutdown.sleep), which raises Stopped.
+    """
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return deliver(message, ride_id)
+        except smtplib.SMTPRecipientsRefused as e:
+            if permanently_refused(e):
+                raise Refused(f"the mail server refused {message['To']}: {e.recipients}") from None
+            error: Exception = e
+        except (smtplib.SMTPException, OSError) as e:
+            error = e
+        if attempt == attempts:
+            raise cli.Fatal(
+                f"cannot deliver the email for ride {ride_id} after {attempts} attempts "
+                f"({type(error).__name__}: {error}); stopping without committing: it and the rides after it "
+                f"are emailed when email.py runs again"
+            )
+        log.warning("ride %s: delivery failed (%s: %s); retry %d of %d in %.0f s",
+                    ride_id, type(error).__name__, error, attempt, attempts - 1, delay)
+        if sleep(delay):
+            raise Stopped()
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Counts:
+    emailed: int = 0             # deliveries made by this run, resends included
+    resent: int = 0              # of those: rides the ledger had as 'sending' (maybe sent before a crash)
+    duplicates_skipped: int = 0  # rides the ledger had as 'sent': not emailed again
+    dead_lettered: int = 0
+
+    def summary(self) -> str:
+        return (f"summary: emailed={self.emailed} resent={self.resent} "
+                f"duplicates_skipped={self.duplicates_skipped} dead_lettered={self.dead_lettered}")
+
+
+class Mailer:
+    """Emails one record at a time, the ledger deciding whether it must be emailed at all."""
+
+    def __init__(self, ledger: Ledger, transport: Outbox | Smtp, dead_letters: "DeadLetters", sender: str,
+                 sleep: Callable[[float], bool]) -> None:
+        self.ledger, self.transport, self.dead_letters = ledger, transport, dead_letters
+        self.sender, self.sleep = sender, sleep
+        self.counts = Counts()
+        self.dead_letter_sends: list = []  # this batch's, checked after the flush and before the commit
+
+    def handle(self, record: "ConsumerRecord") -> None:
+        try:
+            ride = schemas.decode(schemas.RideConfirmed, record.key, record.value)
+        except schemas.PoisonRecord as e:
+            self.dead_letter_sends.append(self.dead_letters.send(record, str(e)))
+            self.counts.dead_lettered += 1
+            return
+        status = self.ledger.status(ride.ride_id)
+        if status == SENT:
+            self.counts.duplicates_skipped += 1
+            log.info("%s: ride %s was already emailed: skipped", where(record), ride.ride_id)
+            return
+        message = render(ride, self.sender)
+        if status == SENDING:
+            log.warning("%s: ride %s may have been emailed just before a crash: sending it again with the "
+                        "same Message-ID %s", where(record), ride.ride_id, message["Message-ID"])
+        self.ledger.sending(ride.ride_id, message["Message-ID"])
+        try:
+            to = deliver_with_retries(self.transport.deliver, message, ride.ride_id, self.sleep)
+        except Refused as e:
+            self.ledger.forget(ride.ride_id)
+            self.dead_letter_sends.append(self.dead_letters.send(record, str(e)))
+            self.counts.dead_lettered += 1
+            return
+        self.ledger.sent(ride.ride_id, message["Message-ID"])
+        self.counts.emailed += 1
+        self.counts.resent += status == SENDING
+        log.info("%s: emailed ride %s to %s (driver %s, ETA %.0f min, fare %.2f %s) -> %s", where(record),
+                 ride.ride_id, ride.customer_email, ride.driver_id, ride.pickup_eta_minutes, ride.fare,
+                 ride.currency, to)
+
+    def handle_batch(self, records: "list[ConsumerRecord]", stop_requested: Callable[[], bool]) -> int:
+        """Handle records until done or asked to stop; how many were handled (a prefix of the batch)."""
+        for i, record in enumerate(records):
+            if stop_requested():
+                return i
+            try:
+                self.handle(record)
+            except Stopped:
+                return i
+        return len(records)
+
+
+def check_dead_letters(sends: list) -> None:
+    """Stop (without committing) if a dead letter of this batch did not reach the broker after the flush."""
+    failed = [f.exception for f in sends if f.failed()]
+    sends.clear()
+    if failed:
+        raise cli.Fatal(f"{len(failed)} dead letters could not be stored ({failed[0]}); stopping without "
+                        f"committing: their records are read again when email.py runs again")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__, group_id="email")
+    p.add_argument("--outbox", metavar="DIR", help="where .eml files go without SMTP settings (default: outbox)")
+    p.add_argument("--ledger", metavar="PATH",
+                   help=f"SQLite ledger of emailed rides (default: {LEDGER_NAME} in the outbox)")
+    p.add_argument("--smtp-host", help="SMTP server (default: $SMTP_HOST; none: write to the outbox)")
+    p.add_argument("--smtp-port", type=int, help="default: $SMTP_PORT, else 587 (465: implicit TLS)")
+    p.add_argument("--smtp-user", help="default: $SMTP_USER (no login without it)")
+    p.add_argument("--smtp-password", help="default: $SMTP_PASSWORD (prefer the variable: flags show in ps)")
+    p.add_argument("--smtp-from", metavar="ADDRESS", help=f"default: $SMTP_FROM, else {DEFAULT_FROM}")
+    settings = cli.load(EmailSettings, p, argv)
+    shutdown = Shutdown.on_signals()
+
+    source = settings.topic(topics.RIDE_CONFIRMED)
+    transport: Outbox | Smtp = Smtp(settings) if settings.smtp_host else Outbox(settings.outbox)
+    try:
+        ledger = Ledger(settings.ledger_path)
+    except (OSError, sqlite3.Error) as e:
+        raise cli.Fatal(f"cannot open the ledger {settings.ledger_path}: {e}") from None
+
+    admin = clients.connect(settings, shutdown, lambda: clients.admin(settings), "admin")
+    try:
+        topics.ensure_topics(admin, settings, [topics.RIDE_CONFIRMED, topics.dead_letter_topic(topics.RIDE_CONFIRMED)])
+    finally:
+        admin.close()
+    producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "email-dead-letters"),
+                               "dead-letter producer")
+    try:
+        consumer = clients.connect(settings, shutdown, lambda: clients.consumer(settings, [source], "email"),
+                                   "consumer")
+    except BaseException:
+        producer.close()
+        raise
+    mailer = Mailer(ledger, transport, DeadLetters(producer, settings.group_id), settings.smtp_from, shutdown.sleep)
+    log.info("emailing confirmed rides from %s (group %s) %s; ledger %s", source, settings.group_id,
+             f"through smtp://{settings.smtp_host}:{settings.smtp_port}" if settings.smtp_host
+             else f"into {settings.outbox}/", settings.ledger_path)
+    try:
+        while not shutdown.requested:
+            records = consume.poll_batch(consumer)
+            if not records:
+                continue
+            done = mailer.handle_batch(records, lambda: shutdown.requested)
+            # The ledger already has every email of the batch; dead letters must be stored before the
+            # offsets move past them. Then commit: a crash before this line only replays skipped rides.
+            producer.flush()
+            check_dead_letters(mailer.dead_letter_sends)
+            if done:
+                consume.commit(consumer, records[:done])
+    finally:
+        # Anything not committed here is in the ledger or not done at all: a restart finishes it.
+        producer.close()
+        consumer.close(autocommit=False)
+        transport.close()
+        ledger.close()
+        log.info("%s", mailer.counts.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
