@@ -494,7 +494,11 @@ def metadata_ok(bootstrap_servers: str, timeout_ms: int = 3000) -> bool:
 
 
 def _new_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # Like Kafka's Uuid.randomUuid(): never starting with "-", which the storage tool would take for an option.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _tail(text: str, lines: int = 5) -> str:

@@ -118,10 +118,11 @@ def test_jars_cannot_be_resolved_offline(tmp_path, real_java):
     assert not (tmp_path / "cache" / ".resolved").exists(), "a failed resolution must not be marked done"
 
 
-def test_cluster_id_is_22_chars_of_base64url_uuid():
-    cid = broker._new_cluster_id()
-    assert len(cid) == 22
-    assert len(base64.urlsafe_b64decode(cid + "==")) == 16
+def test_cluster_id_is_22_chars_of_base64url_uuid_never_starting_with_a_dash():
+    for _ in range(2000):  # ~1 in 64 random ids starts with "-"; the storage tool reads those as options
+        cid = broker._new_cluster_id()
+        assert len(cid) == 22 and not cid.startswith("-")
+        assert len(base64.urlsafe_b64decode(cid + "==")) == 16
 
 
 def test_log_quote_keeps_messages_and_drops_stack_frames():
