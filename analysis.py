@@ -1,0 +1,343 @@
+"""analysis.py: live statistics over confirmed rides (counts, pickup ETAs, fares, busiest zones, rides per minute).
+
+Consumes ride_confirmed in group "analysis" and prints a compact table to stdout every few seconds and at
+shutdown.
+
+Guarantee: exact totals across crashes, restarts and replays. The statistics and the offsets of the rides
+they include are saved together in one SQLite transaction per batch (--state), and at start (or after a
+rebalance) each partition resumes from the offset saved there, not from Kafka's committed offset: what
+was counted and what was read can never disagree, even after kill -9. The Kafka commit that follows each
+save is only there so that lag monitoring sees the group's progress. Run one instance per state file (a
+lock enforces it): the statistics are of the whole topic, so the group is not meant to be scaled out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+from kafka import KafkaConsumer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import TopicPartition
+from pydantic import Field
+
+from common import cli, clients, consume, schemas, topics
+from common.dead_letters import DeadLetters
+from common.settings import ConsumerSettings
+from common.shutdown import Shutdown
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one instance per state file is then up to the user
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+
+class AnalysisSettings(ConsumerSettings):
+    state: Path = Path("analysis.db")
+    every: float = Field(5.0, gt=0)  # seconds between two tables (only printed when something changed)
+    minutes: int = Field(5, ge=1, le=1440)  # how many one-minute windows the table shows
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+@dataclass
+class Totals:
+    """Rides and their summed ETAs and fares, as integers so that sums are exact in any order."""
+
+    rides: int = 0
+    eta_milli: int = 0   # pickup ETAs in thousandths of a minute
+    fare_cents: int = 0
+
+    def add(self, ride: schemas.RideConfirmed) -> None:
+        self.rides += 1
+        self.eta_milli += round(ride.pickup_eta_minutes * 1000)
+        self.fare_cents += int(ride.fare * 100)  # the schema allows two decimal places: exact
+
+    @property
+    def mean_eta(self) -> float | None:
+        return self.eta_milli / 1000 / self.rides if self.rides else None
+
+    @property
+    def mean_fare(self) -> Decimal | None:
+        return (Decimal(self.fare_cents) / 100 / self.rides).quantize(Decimal("0.01")) if self.rides else None
+
+
+@dataclass
+class Stats:
+    """Running statistics over confirmed rides; fold() adds one, in any order, with the same result."""
+
+    all: Totals = field(default_factory=Totals)
+    zones: dict[str, Totals] = field(default_factory=dict)    # by pickup zone
+    minutes: dict[str, int] = field(default_factory=dict)     # "YYYY-MM-DD HH:MM" (UTC, confirmed_at) -> rides
+    currencies: dict[str, int] = field(default_factory=dict)  # a mean fare means something in one currency
+    dead_lettered: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "all": vars(self.all),
+            "zones": {z: vars(t) for z, t in self.zones.items()},
+            "minutes": self.minutes,
+            "currencies": self.currencies,
+            "dead_lettered": self.dead_lettered,
+        }, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Stats:
+        d = json.loads(text)
+        return cls(
+            all=Totals(**d["all"]),
+            zones={z: Totals(**t) for z, t in d["zones"].items()},
+            minutes=d["minutes"],
+            currencies=d["currencies"],
+            dead_lettered=d["dead_lettered"],
+        )
+
+
+def minute_of(ride: schemas.RideConfirmed) -> str:
+    return ride.confirmed_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def fold(stats: Stats, ride: schemas.RideConfirmed) -> Stats:
+    """Add one confirmed ride to the statistics (in place, for speed) and return them."""
+    stats.all.add(ride)
+    stats.zones.setdefault(ride.pickup.zone, Totals()).add(ride)
+    minute = minute_of(ride)
+    stats.minutes[minute] = stats.minutes.get(minute, 0) + 1
+    stats.currencies[ride.currency] = stats.currencies.get(ride.currency, 0) + 1
+    return stats
+
+
+def _fare(amount: Decimal | None, currency: str) -> str:
+    return "-" if amount is None else f"{amount:.2f}{currency}"
+
+
+def render(stats: Stats, minutes: int = 5, zones: int = 8) -> str:
+    """The table: totals, the busiest pickup zones, and rides per minute over the last `minutes` windows
+    (ending at the latest minute seen, so that the table depends on the data only, not on the clock)."""
+    currency = f" {next(iter(stats.currencies))}" if len(stats.currencies) == 1 else ""
+    eta = "-" if stats.all.mean_eta is None else f"{stats.all.mean_eta:.1f} min"
+    fare = _fare(stats.all.mean_fare, currency) if len(stats.currencies) <= 1 else "(several currencies)"
+    lines = [f"confirmed rides: {stats.all.rides}   mean pickup ETA: {eta}   mean fare: {fare}"
+             + (f"   dead-lettered: {stats.dead_lettered}" if stats.dead_lettered else "")]
+    if stats.zones:
+        lines.append(f"  {'pickup zone':<20} {'rides':>6} {'share':>6} {'ETA min':>8} {'fare':>9}")
+        busiest = sorted(stats.zones.items(), key=lambda zt: (-zt[1].rides, zt[0]))
+        for zone, t in busiest[:zones]:
+            lines.append(f"  {zone[:20]:<20} {t.rides:>6} {t.rides / stats.all.rides:>6.1%} "
+                         f"{t.mean_eta:>8.1f} {_fare(t.mean_fare, ''):>9}")
+        if len(busiest) > zones:
+            lines.append(f"  ... and {len(busiest) - zones} more zones")
+    if stats.minutes:
+        last = datetime.strptime(max(stats.minutes), "%Y-%m-%d %H:%M")
+        windows = [(last - timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M") for i in reversed(range(minutes))]
+        lines.append("  rides per minute (UTC): "
+                     + "  ".join(f"{w[-5:]} {stats.minutes.get(w, 0)}" for w in windows))
+    return "\n".join(lines)
+
+
+def summary(stats: Stats) -> str:
+    eta = "-" if stats.all.mean_eta is None else f"{stats.all.mean_eta:.2f}"
+    fare = "-" if stats.all.mean_fare is None else f"{stats.all.mean_fare:.2f}"
+    return (f"summary: total={stats.all.rides} zones={len(stats.zones)} mean_eta_min={eta} mean_fare={fare} "
+            f"dead_lettered={stats.dead_lettered}")
+
+
+# --------------------------------------------------------------------------------------- saved state
+
+
+class State:
+    """The statistics and the offsets they include, in one SQLite file, only ever written together."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = _lock(path)
+        self._db = sqlite3.connect(path, timeout=30)
+        # WAL: a save is one append and one fsync (synchronous=FULL, the default: survives power loss too).
+        self._db.execute("PRAGMA journal_mode=WAL")
+        with self._db:
+            self._db.execute("CREATE TABLE IF NOT EXISTS stats (id INTEGER PRIMARY KEY CHECK (id = 1),"
+                             " json TEXT NOT NULL)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, partition INTEGER NOT NULL,"
+                             " next_offset INTEGER NOT NULL, PRIMARY KEY (topic, partition))")
+
+    def load(self) -> tuple[Stats, dict[TopicPartition, int]]:
+        return _load(self._db)
+
+    def save(self, stats: Stats, offsets: dict[TopicPartition, int]) -> None:
+        """One transaction: a crash leaves either the old statistics and offsets, or both new ones."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO stats (id, json) VALUES (1, ?)", (stats.to_json(),))
+            self._db.executemany(
+                "INSERT OR REPLACE INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?)",
+                [(tp.topic, tp.partition, offset) for tp, offset in offsets.items()],
+            )
+
+    def close(self) -> None:
+        self._db.close()
+        if self._lock is not None:
+            self._lock.close()
+
+
+def _lock(path: Path):
+    """Hold an exclusive lock on the state file: a second instance would overwrite the first's totals."""
+    if fcntl is None:
+        return None
+    lock = open(path.with_name(path.name + ".lock"), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise cli.Fatal(f"another analysis.py is using {path}; stop it, or pass another --state") from None
+    return lock
+
+
+def _load(db: sqlite3.Connection) -> tuple[Stats, dict[TopicPartition, int]]:
+    row = db.execute("SELECT json FROM stats WHERE id = 1").fetchone()
+    stats = Stats.from_json(row[0]) if row else Stats()
+    offsets = {TopicPartition(t, p): o for t, p, o in db.execute("SELECT topic, partition, next_offset FROM offsets")}
+    return stats, offsets
+
+
+def load_state(path: Path) -> tuple[Stats, dict[TopicPartition, int]]:
+    """The saved statistics and offsets of a state file, read-only (for tests, and while analysis.py runs)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _load(db)
+    finally:
+        db.close()
+
+
+class ResumeFromState(ConsumerRebalanceListener):
+    """Each assigned partition resumes where the saved state says, whatever Kafka has committed."""
+
+    def __init__(self, saved: dict[TopicPartition, int]) -> None:
+        self.saved = saved  # the main loop keeps it current after every save
+        self.consumer: KafkaConsumer | None = None
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass  # the state is saved after every batch: nothing to do before giving partitions away
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        # Runs inside poll(), possibly on kafka-python's IO thread: reads only the in-memory copy.
+        assert self.consumer is not None
+        for tp in sorted(assigned):
+            offset = self.saved.get(tp)
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        log.info("resuming %s from the saved state", ", ".join(
+            f"{tp.topic}[{tp.partition}]@{self.saved.get(tp, 'beginning')}" for tp in sorted(assigned)))
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+def unseen(records: list[ConsumerRecord], saved: dict[TopicPartition, int]) -> list[ConsumerRecord]:
+    """The records the saved statistics do not include yet. A rebalance in the middle of a batch can seek
+    back to offsets the batch then saved past; those records are already counted."""
+    return [r for r in records if r.offset >= saved.get(TopicPartition(r.topic, r.partition), 0)]
+
+
+def advance(saved: dict[TopicPartition, int], records: list[ConsumerRecord]) -> dict[TopicPartition, int]:
+    """The offsets to save after a batch: never backwards."""
+    return {tp: max(om.offset, saved.get(tp, 0)) for tp, om in consume.next_offsets(records).items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__, group_id="analysis")
+    p.add_argument("--state", metavar="PATH", help="SQLite file of the statistics and their offsets "
+                   "(default: analysis.db)")
+    p.add_argument("--every", type=float, metavar="SECONDS", help="print the table this often (default: 5)")
+    p.add_argument("--minutes", type=int, metavar="N", help="one-minute windows in the table (default: 5)")
+    settings = cli.load(AnalysisSettings, p, argv)
+    shutdown = Shutdown.on_signals()
+
+    source = settings.topic(topics.RIDE_CONFIRMED)
+    try:
+        state = State(settings.state)
+        stats, saved = state.load()
+    except (OSError, sqlite3.Error, ValueError, KeyError) as e:
+        raise cli.Fatal(f"cannot use the state file {settings.state}: {e}") from None
+    try:
+        admin = clients.connect(settings, shutdown, lambda: clients.admin(settings), "admin")
+        try:
+            topics.ensure_topics(admin, settings, [topics.RIDE_CONFIRMED,
+                                                   topics.dead_letter_topic(topics.RIDE_CONFIRMED)])
+        finally:
+            admin.close()
+        producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "analysis-dead-letters"),
+                                   "dead-letter producer")
+    except BaseException:
+        state.close()
+        raise
+    listener = ResumeFromState(saved)
+    try:
+        consumer = clients.connect(settings, shutdown,
+                                   lambda: clients.consumer(settings, [source], "analysis", listener=listener),
+                                   "consumer")
+    except BaseException:
+        producer.close()
+        state.close()
+        raise
+    listener.consumer = consumer
+    dead_letters = DeadLetters(producer, settings.group_id)
+    log.info("analysing confirmed rides from %s (group %s); state %s: %d rides so far", source,
+             settings.group_id, settings.state, stats.all.rides)
+
+    printed = None  # what the last table showed, so that an idle pipeline does not repeat it
+    next_print = time.monotonic() + settings.every
+    try:
+        while not shutdown.requested:
+            records = consume.poll_batch(consumer)
+            if records:
+                sends = []
+                for record in unseen(records, saved):
+                    try:
+                        ride = schemas.decode(schemas.RideConfirmed, record.key, record.value)
+                    except schemas.PoisonRecord as e:
+                        sends.append(dead_letters.send(record, str(e)))
+                        stats.dead_lettered += 1
+                        continue
+                    fold(stats, ride)
+                # Dead letters first: the offsets saved next move past them.
+                producer.flush()
+                failed = [f.exception for f in sends if f.failed()]
+                if failed:
+                    raise cli.Fatal(f"{len(failed)} dead letters could not be stored ({failed[0]}); stopping "
+                                    f"without saving: the batch is read again when analysis.py runs again")
+                offsets = advance(saved, records)
+                state.save(stats, offsets)
+                saved.update(offsets)
+                consume.commit(consumer, records)  # for lag monitoring only: the state file is the truth
+            if time.monotonic() >= next_print:
+                next_print = time.monotonic() + settings.every
+                if (stats.all.rides, stats.dead_lettered) != printed:
+                    printed = (stats.all.rides, stats.dead_lettered)
+                    print(render(stats, settings.minutes), flush=True)
+    finally:
+        # No save here: everything counted so far was saved with its batch, and a batch cut short by an
+        # error must not be saved half-counted. What is printed is what the state file holds.
+        producer.close()
+        consumer.close(autocommit=False)
+        final, _ = state.load()
+        state.close()
+        print(render(final, settings.minutes), file=sys.stdout, flush=True)
+        log.info("%s", summary(final))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
