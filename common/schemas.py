@@ -8,18 +8,35 @@ instead of crashing a script further down.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
 
 Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
 Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-Email = Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")]
+# A plain ASCII address (dot-atom @ domain): anything looser lets a value such as "a,b@c.de" (two
+# recipients), "(x)@y.zz" (a comment: no recipient) or a control character reach the To: header.
+Email = Annotated[str, Field(min_length=3, max_length=254,
+                             pattern=r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")]
+
+
+def _convertible_to_utc(value: datetime) -> datetime:
+    # 9999-12-31T23:59-23:00 is a valid aware datetime, yet converting it to UTC (which every reader
+    # does to display or bucket it) raises OverflowError: refuse it here, as invalid input.
+    try:
+        value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_convertible_to_utc)]
 
 
 class Message(BaseModel):
@@ -46,7 +63,7 @@ class RideRequest(Message):
     pickup: Place
     dropoff: Place
     passengers: Annotated[int, Field(ge=1, le=8)] = 1
-    requested_at: AwareDatetime
+    requested_at: Timestamp
 
 
 class RideConfirmed(RideRequest):
@@ -57,7 +74,7 @@ class RideConfirmed(RideRequest):
     pickup_eta_minutes: Annotated[float, Field(ge=0, le=240, allow_inf_nan=False)]
     fare: Annotated[Decimal, Field(ge=0, le=100_000, max_digits=9, decimal_places=2)]
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-    confirmed_at: AwareDatetime
+    confirmed_at: Timestamp
 
 
 class RideRejected(Message):
@@ -66,7 +83,7 @@ class RideRejected(Message):
     ride_id: UUID
     customer_id: Identifier
     reason: Annotated[str, Field(min_length=1, max_length=500)]
-    rejected_at: AwareDatetime
+    rejected_at: Timestamp
     request: RideRequest
 
 
