@@ -186,6 +186,21 @@ def bad_format(rng, d, key):
     return "bad format", key, dumps(_set(d, path, bad))
 
 
+def unsafe_value(rng, d, key):
+    """Values that once got past the schema and then crashed or misled a consumer."""
+    path, bad = rng.choice([
+        (("customer_email",), "a,b@example.com"),       # two recipients in To:
+        (("customer_email",), "(comment)@example.com"),  # no recipient at all
+        (("customer_email",), "a\x00b@example.com"),
+        (("customer_email",), "ü@example.com"),
+        (("requested_at",), "9999-12-31T23:59:59-23:00"),  # OverflowError when converted to UTC
+        (("requested_at",), "0001-01-01T00:00:00+23:00"),
+    ])
+    if "confirmed_at" in d and path == ("requested_at",):
+        path = rng.choice([path, ("confirmed_at",)])
+    return "unsafe email or timestamp", key, dumps(_set(d, path, bad))
+
+
 def key_mismatch(rng, d, key):
     other = rng.choice([str(uuid.UUID(int=rng.getrandbits(128), version=4)).encode(), b"", b"\xff\xfe",
                         key.upper(), key + b" ", b"x" * 10_000])
@@ -202,7 +217,8 @@ def empty_value(rng, d, key):
 
 REQUEST_MUTATIONS: list[Mutation] = [
     random_bytes, not_utf8, not_json, not_an_object, wrong_type, missing_field, out_of_range, nan_or_infinity,
-    deep_nesting, oversized_string, wrong_schema_version, bad_format, key_mismatch, null_key, empty_value,
+    deep_nesting, oversized_string, wrong_schema_version, bad_format, unsafe_value, key_mismatch, null_key,
+    empty_value,
 ]
 
 
@@ -232,7 +248,7 @@ def confirmed_bad_format(rng, d, key):
 CONFIRMED_MUTATIONS: list[Mutation] = [
     random_bytes, not_utf8, not_json, not_an_object, confirmed_wrong_type, confirmed_missing_field,
     confirmed_out_of_range, nan_or_infinity, deep_nesting, oversized_string, wrong_schema_version,
-    confirmed_bad_format, key_mismatch, null_key, empty_value,
+    confirmed_bad_format, unsafe_value, key_mismatch, null_key, empty_value,
 ]
 
 
@@ -291,8 +307,8 @@ def odd_requests(rng: random.Random) -> list[RideRequest]:
         dict(pickup=Place(lat=90, lon=-180, zone="pole"), dropoff=Place(lat=-90, lon=180, zone="other pole")),
         dict(pickup=same, dropoff=same),
         dict(passengers=8),
-        dict(requested_at=datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-23)))),
-        dict(requested_at=datetime(1, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=23)))),
+        dict(requested_at=datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)),
+        dict(requested_at=datetime(1, 1, 1, 0, 0, tzinfo=timezone.utc)),
         dict(customer_id="c" * 64, customer_email="e" * 240 + "@example.com"),
         dict(pickup=Place(lat=same.lat, lon=same.lon, zone="Ω\u202e\r\nBcc: x@evil.example <b>"),
              dropoff=Place(lat=base.dropoff.lat, lon=base.dropoff.lon, zone="z" * 64)),
@@ -312,6 +328,7 @@ def odd_confirmations(rng: random.Random) -> list[RideConfirmed]:
         dict(fare=Decimal("0"), distance_km=0, pickup_eta_minutes=0),
         dict(currency="XXX", driver_id="d" * 64),
         dict(confirmed_at=datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc)),
+        dict(requested_at=datetime(1, 1, 1, tzinfo=timezone.utc), confirmed_at=datetime(1, 1, 1, tzinfo=timezone.utc)),
         dict(pickup=Place(lat=40.75, lon=-73.99, zone="Ω\u202e\r\nBcc: x@evil.example <b>&amp;")),
         dict(customer_email="o'brien+rides@xn--bcher-kva.example"),
     ]:
