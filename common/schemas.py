@@ -26,17 +26,24 @@ Email = Annotated[str, Field(min_length=3, max_length=254,
                              pattern=r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")]
 
 
-def _convertible_to_utc(value: datetime) -> datetime:
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _utc_in_range(value: datetime) -> datetime:
     # 9999-12-31T23:59-23:00 is a valid aware datetime, yet converting it to UTC (which every reader
-    # does to display or bucket it) raises OverflowError: refuse it here, as invalid input.
+    # does to display or bucket it) raises OverflowError. Before the Unix epoch a timestamp is a mistake,
+    # not a ride (and a year before 1000 breaks "%Y" round trips: strftime does not pad it to four
+    # digits, strptime wants four). Refuse both here, as invalid input.
     try:
-        value.astimezone(timezone.utc)
+        utc = value.astimezone(timezone.utc)
     except OverflowError:
         raise ValueError("out of range once converted to UTC") from None
+    if utc < EPOCH:
+        raise ValueError("before 1970-01-01T00:00:00Z")
     return value
 
 
-Timestamp = Annotated[AwareDatetime, AfterValidator(_convertible_to_utc)]
+Timestamp = Annotated[AwareDatetime, AfterValidator(_utc_in_range)]
 
 
 class Message(BaseModel):
