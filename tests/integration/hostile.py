@@ -195,6 +195,8 @@ def unsafe_value(rng, d, key):
         (("customer_email",), "ü@example.com"),
         (("requested_at",), "9999-12-31T23:59:59-23:00"),  # OverflowError when converted to UTC
         (("requested_at",), "0001-01-01T00:00:00+23:00"),
+        (("requested_at",), "0999-01-01T00:00:00Z"),       # analysis.py's "%Y" minute keys assume 4 digits
+        (("requested_at",), "1969-12-31T23:59:59Z"),
     ])
     if "confirmed_at" in d and path == ("requested_at",):
         path = rng.choice([path, ("confirmed_at",)])
@@ -308,7 +310,7 @@ def odd_requests(rng: random.Random) -> list[RideRequest]:
         dict(pickup=same, dropoff=same),
         dict(passengers=8),
         dict(requested_at=datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)),
-        dict(requested_at=datetime(1, 1, 1, 0, 0, tzinfo=timezone.utc)),
+        dict(requested_at=datetime(1970, 1, 1, 0, 0, tzinfo=timezone.utc)),
         dict(customer_id="c" * 64, customer_email="e" * 240 + "@example.com"),
         dict(pickup=Place(lat=same.lat, lon=same.lon, zone="Ω\u202e\r\nBcc: x@evil.example <b>"),
              dropoff=Place(lat=base.dropoff.lat, lon=base.dropoff.lon, zone="z" * 64)),
@@ -328,7 +330,8 @@ def odd_confirmations(rng: random.Random) -> list[RideConfirmed]:
         dict(fare=Decimal("0"), distance_km=0, pickup_eta_minutes=0),
         dict(currency="XXX", driver_id="d" * 64),
         dict(confirmed_at=datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc)),
-        dict(requested_at=datetime(1, 1, 1, tzinfo=timezone.utc), confirmed_at=datetime(1, 1, 1, tzinfo=timezone.utc)),
+        dict(requested_at=datetime(1970, 1, 1, tzinfo=timezone.utc),
+             confirmed_at=datetime(1970, 1, 1, tzinfo=timezone.utc)),
         dict(pickup=Place(lat=40.75, lon=-73.99, zone="Ω\u202e\r\nBcc: x@evil.example <b>&amp;")),
         dict(customer_email="o'brien+rides@xn--bcher-kva.example"),
     ]:
