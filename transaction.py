@@ -38,7 +38,7 @@ from kafka.errors import (
     TransactionCoordinatorFencedError,
     UnsupportedVersionError,
 )
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from common import city, cli, clients, consume, schemas, topics
 from common.dead_letters import DeadLetters, where
@@ -260,7 +260,14 @@ class Pipeline:
                 futures.append(self.dead_letters.send(record, str(e)))
                 counts["dead_lettered"] += 1
                 continue
-            outcome = decide(request, now)
+            try:
+                outcome = decide(request, now)
+            except ValidationError as e:
+                # A valid request whose outcome would not be (a bug, or a bound the schemas tightened):
+                # set it aside rather than crash on it at every restart.
+                futures.append(self.dead_letters.send(record, f"cannot be confirmed: {schemas.describe(e)}"))
+                counts["dead_lettered"] += 1
+                continue
             key = schemas.ride_key(request.ride_id)
             if isinstance(outcome, RideRejected):
                 log.info("%s: ride %s rejected: %s", where(record), request.ride_id, outcome.reason)

@@ -1,0 +1,87 @@
+"""rides.py's pure side: the same seed gives the same rides, and every ride is a valid request."""
+
+import random
+import re
+from datetime import datetime, timezone
+from itertools import islice
+
+import pytest
+
+import rides
+from common import city, schemas
+from common.schemas import RideRequest
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def take(seed: int, n: int) -> list[RideRequest]:
+    return list(islice(rides.rides(seed, clock=lambda: NOW), n))
+
+
+def test_same_seed_same_rides():
+    assert take(42, 300) == take(42, 300)
+
+
+def test_other_seed_other_rides():
+    a, b = take(1, 100), take(2, 100)
+    assert {r.ride_id for r in a}.isdisjoint(r.ride_id for r in b)
+
+
+def test_build_ride_depends_only_on_the_rng_state():
+    assert rides.build_ride(random.Random(7), NOW) == rides.build_ride(random.Random(7), NOW)
+
+
+def test_ride_ids_are_unique_version_4_uuids():
+    ids = [r.ride_id for r in take(3, 10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(i.version == 4 for i in ids)
+
+
+def test_every_ride_survives_the_wire_and_is_keyed_by_its_id():
+    for ride in take(5, 2000):
+        key, value = schemas.ride_key(ride.ride_id), schemas.encode(ride)
+        assert key == str(ride.ride_id).encode()
+        assert schemas.decode(RideRequest, key, value) == ride
+
+
+def test_customers_come_from_the_pool_with_their_own_email():
+    seen = take(6, 3000)
+    pool = {rides.customer(n) for n in range(rides.CUSTOMERS)}
+    assert len({email for _, email in pool}) == rides.CUSTOMERS  # one email per customer
+    for ride in seen:
+        assert (ride.customer_id, ride.customer_email) in pool
+        assert re.fullmatch(r"cust-\d{5}", ride.customer_id)
+    # A pool, not one customer per ride: some customers ride again.
+    assert len({r.customer_id for r in seen}) < len(seen)
+
+
+def test_places_are_named_by_their_zone_and_about_two_percent_are_outside():
+    sample = take(8, 10_000)
+    outside = 0
+    for ride in sample:
+        for place in (ride.pickup, ride.dropoff):
+            assert place.zone == city.zone_of(place.lat, place.lon)
+        inside = [city.in_service_area(p.lat, p.lon) for p in (ride.pickup, ride.dropoff)]
+        assert sum(inside) >= 1  # at most one end is outside
+        outside += not all(inside)
+    assert 0.01 * len(sample) < outside < 0.03 * len(sample)
+
+
+def test_timestamps_are_utc_from_the_clock_and_passengers_plausible():
+    for ride in take(9, 500):
+        assert ride.requested_at == NOW and ride.requested_at.utcoffset().total_seconds() == 0
+        assert 1 <= ride.passengers <= 4
+
+
+def test_default_clock_is_utc_now():
+    ride = next(rides.rides(1))
+    assert ride.requested_at.tzinfo is not None and ride.requested_at.utcoffset().total_seconds() == 0
+    assert abs((datetime.now(timezone.utc) - ride.requested_at).total_seconds()) < 60
+
+
+@pytest.mark.parametrize("flags", [["--count", "0"], ["--rate", "-1"], ["--seed", "x"]])
+def test_bad_flags_exit_2_before_touching_kafka(flags, capsys):
+    with pytest.raises(SystemExit) as e:
+        rides.main(["--bootstrap-servers", "localhost:1", *flags])
+    assert e.value.code == 2
+    assert "error" in capsys.readouterr().err
