@@ -9,7 +9,7 @@ from common.schemas import Place, RideConfirmed, RideRejected, RideRequest
 identifiers = st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True)
 emails = st.from_regex(r"[a-z0-9._+]{1,30}@[a-z0-9-]{1,30}\.[a-z]{2,10}", fullmatch=True)
 offsets = st.builds(lambda m: timezone(timedelta(minutes=m)), st.integers(-23 * 60, 23 * 60))
-aware_datetimes = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1),
+aware_datetimes = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1),
                                timezones=st.one_of(st.just(timezone.utc), offsets))
 places = st.builds(
     Place,
