@@ -1,0 +1,408 @@
+"""email.py without a broker: the email, the outbox, the ledger, the crash window, retries, settings."""
+
+import email.policy
+import importlib.util
+import smtplib
+import socketserver
+import sys
+import threading
+from datetime import datetime, timezone
+from decimal import Decimal
+from email import message_from_bytes
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import pytest
+from hypothesis import given, settings
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.future import Future
+
+from common import cli, schemas
+from common.dead_letters import REASON, DeadLetters
+from tests.unit.strategies import ride_confirmations
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_email_script():
+    """email.py under another name: `import email` is (and must stay) the standard library's package."""
+    if "email_script" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("email_script", ROOT / "email.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["email_script"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["email_script"]
+
+
+em = load_email_script()
+
+RIDE_ID = UUID("6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f")
+
+
+def ride(ride_id: UUID = RIDE_ID, **changes) -> schemas.RideConfirmed:
+    fields = dict(
+        ride_id=ride_id, customer_id="cust-0042", customer_email="ada@example.com",
+        pickup={"lat": 52.52, "lon": 13.405, "zone": "Mitte"},
+        dropoff={"lat": 52.4986, "lon": 13.4034, "zone": "Kreuzberg"},
+        passengers=2, requested_at=datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc),
+        driver_id="drv-007", distance_km=3.4, pickup_eta_minutes=6.6, fare=Decimal("14.80"), currency="EUR",
+        confirmed_at=datetime(2026, 3, 1, 8, 0, 2, tzinfo=timezone.utc),
+    )
+    fields.update(changes)
+    return schemas.RideConfirmed(**fields)
+
+
+def record(value: bytes | None, key: bytes | None = None, offset: int = 0, partition: int = 0) -> ConsumerRecord:
+    return ConsumerRecord("p.ride_confirmed", partition, -1, offset, 0, 0, key, value, [], None, -1, -1, -1)
+
+
+def record_of(r: schemas.RideConfirmed, offset: int = 0) -> ConsumerRecord:
+    return record(schemas.encode(r), schemas.ride_key(r.ride_id), offset)
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None, list]] = []
+
+    def send(self, topic, key=None, value=None, headers=None):
+        self.sent.append((topic, key, value, headers))
+        return Future().success(None)
+
+
+class CountingOutbox(em.Outbox):
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.deliveries: list[UUID] = []
+
+    def deliver(self, message, ride_id):
+        self.deliveries.append(ride_id)
+        return super().deliver(message, ride_id)
+
+
+def no_sleep(_seconds: float) -> bool:
+    return False
+
+
+@pytest.fixture
+def mailer(tmp_path):
+    ledger = em.Ledger(tmp_path / "outbox" / em.LEDGER_NAME)
+    producer = FakeProducer()
+    m = em.Mailer(ledger, CountingOutbox(tmp_path / "outbox"), DeadLetters(producer, "email"), em.DEFAULT_FROM,
+                  no_sleep)
+    m.producer = producer
+    yield m
+    ledger.close()
+
+
+def emails_in(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.eml"))
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def test_the_email_has_subject_from_to_date_and_a_message_id_derived_from_the_ride():
+    msg = em.render(ride())
+    assert msg["To"] == "ada@example.com"
+    assert msg["From"] == em.DEFAULT_FROM
+    assert "drv-007" in msg["Subject"] and "7 min" in msg["Subject"]
+    assert msg["Message-ID"] == f"<ride-{RIDE_ID}@rides.example>"
+    assert msg["X-Ride-ID"] == str(RIDE_ID)
+    assert msg["Date"] == "Sun, 01 Mar 2026 08:00:02 +0000"
+
+
+def test_the_body_names_driver_eta_fare_and_both_zones():
+    body = em.render(ride()).get_content()
+    for expected in ("drv-007", "about 7 min", "6.6 min", "14.80 EUR", "Mitte", "Kreuzberg", "3.4 km", str(RIDE_ID)):
+        assert expected in body
+
+
+def test_a_resend_is_byte_for_byte_the_same_email():
+    assert bytes(em.render(ride())) == bytes(em.render(ride()))
+
+
+def test_different_rides_get_different_message_ids():
+    assert em.render(ride(uuid4()))["Message-ID"] != em.render(ride(uuid4()))["Message-ID"]
+
+
+def test_the_message_id_domain_is_the_senders():
+    assert em.message_id(RIDE_ID, "Rides Berlin <noreply@rides.berlin>") == f"<ride-{RIDE_ID}@rides.berlin>"
+    assert em.render(ride(), "noreply@rides.berlin")["From"] == "noreply@rides.berlin"
+
+
+@settings(max_examples=60, deadline=None)
+@given(ride_confirmations())
+def test_every_valid_ride_renders_to_an_email_that_parses_back(r):
+    parsed = message_from_bytes(bytes(em.render(r)), policy=email.policy.default)
+    assert parsed["To"] == r.customer_email
+    assert parsed["Message-ID"] == f"<ride-{r.ride_id}@rides.example>"
+    assert r.driver_id in parsed.get_content()
+
+
+# ------------------------------------------------------------------------------------------- outbox
+
+
+def test_the_eml_file_is_named_after_the_ride():
+    assert em.eml_name(RIDE_ID) == f"{RIDE_ID}.eml"
+
+
+def test_write_atomically_replaces_the_file_and_leaves_no_temporary_files(tmp_path):
+    path = tmp_path / "a.eml"
+    em.write_atomically(path, b"first")
+    em.write_atomically(path, b"second")
+    assert path.read_bytes() == b"second"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.eml"]
+
+
+def test_a_failed_write_keeps_the_old_file_whole_and_cleans_up(tmp_path):
+    path = tmp_path / "a.eml"
+    em.write_atomically(path, b"first")
+    with pytest.raises(TypeError):
+        em.write_atomically(path, "not bytes")  # fails half-way, after the temporary file exists
+    assert path.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.eml"]
+
+
+def test_the_outbox_holds_one_readable_eml_per_ride(tmp_path):
+    outbox = em.Outbox(tmp_path / "out")
+    where = outbox.deliver(em.render(ride()), RIDE_ID)
+    assert Path(where) == tmp_path / "out" / f"{RIDE_ID}.eml"
+    parsed = message_from_bytes(Path(where).read_bytes(), policy=email.policy.default)
+    assert parsed["Message-ID"] == f"<ride-{RIDE_ID}@rides.example>"
+
+
+# ------------------------------------------------------------------------------------------- ledger
+
+
+def test_the_ledger_goes_from_nothing_to_sending_to_sent_and_survives_a_reopen(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    ledger = em.Ledger(path)
+    assert ledger.status(RIDE_ID) is None
+    ledger.sending(RIDE_ID, "<m>")
+    assert ledger.status(RIDE_ID) == em.SENDING
+    ledger.sent(RIDE_ID, "<m>")
+    ledger.close()
+    reopened = em.Ledger(path)
+    assert reopened.status(RIDE_ID) == em.SENT
+    reopened.forget(RIDE_ID)
+    assert reopened.status(RIDE_ID) is None
+    reopened.close()
+
+
+def test_read_ledger_lists_every_ride_and_its_status(tmp_path):
+    ledger = em.Ledger(tmp_path / "l.sqlite3")
+    a, b = uuid4(), uuid4()
+    ledger.sending(a, "<a>")
+    ledger.sent(b, "<b>")
+    ledger.close()
+    assert em.read_ledger(tmp_path / "l.sqlite3") == {str(a): em.SENDING, str(b): em.SENT}
+
+
+# ------------------------------------------------------------------------------- mailer: the guarantee
+
+
+def test_a_ride_is_emailed_once_and_recorded_as_sent(mailer, tmp_path):
+    mailer.handle(record_of(ride()))
+    assert [p.name for p in emails_in(tmp_path / "outbox")] == [f"{RIDE_ID}.eml"]
+    assert mailer.ledger.status(RIDE_ID) == em.SENT
+    assert mailer.counts.summary() == "summary: emailed=1 resent=0 duplicates_skipped=0 dead_lettered=0"
+
+
+def test_a_replayed_ride_is_skipped_not_emailed_again(mailer, tmp_path):
+    mailer.handle(record_of(ride(), offset=0))
+    mailer.handle(record_of(ride(), offset=0))  # the same record again (a restart before the commit)
+    mailer.handle(record_of(ride(), offset=7))  # a duplicate upstream (transaction.py at-least-once)
+    assert mailer.transport.deliveries == [RIDE_ID]
+    assert len(emails_in(tmp_path / "outbox")) == 1
+    assert (mailer.counts.emailed, mailer.counts.duplicates_skipped) == (1, 2)
+
+
+def test_crash_window_before_the_write_a_sending_ride_is_delivered_on_replay(mailer, tmp_path):
+    # A crash after the ledger said 'sending' and before the email existed: the replay must send it.
+    mailer.ledger.sending(RIDE_ID, em.message_id(RIDE_ID, em.DEFAULT_FROM))
+    mailer.handle(record_of(ride()))
+    assert [p.name for p in emails_in(tmp_path / "outbox")] == [f"{RIDE_ID}.eml"]
+    assert mailer.ledger.status(RIDE_ID) == em.SENT
+    assert (mailer.counts.emailed, mailer.counts.resent) == (1, 1)
+
+
+def test_crash_window_after_the_write_the_resend_replaces_the_same_file_with_the_same_email(mailer, tmp_path):
+    # A crash after the email was written and before the ledger said 'sent': the replay sends it again,
+    # with the same Message-ID, into the same file: still exactly one email for the ride.
+    first = em.Outbox(tmp_path / "outbox").deliver(em.render(ride()), RIDE_ID)
+    before = Path(first).read_bytes()
+    mailer.ledger.sending(RIDE_ID, em.message_id(RIDE_ID, em.DEFAULT_FROM))
+    mailer.handle(record_of(ride()))
+    assert emails_in(tmp_path / "outbox") == [Path(first)]
+    assert Path(first).read_bytes() == before
+    assert mailer.ledger.status(RIDE_ID) == em.SENT
+    assert mailer.counts.resent == 1
+    mailer.handle(record_of(ride()))  # and once 'sent', never again
+    assert mailer.transport.deliveries == [RIDE_ID]
+
+
+def test_a_poison_record_is_dead_lettered_with_its_reason_and_not_emailed(mailer, tmp_path):
+    mailer.handle(record(b"{not json", b"k", offset=3))
+    mailer.handle(record_of(ride(), offset=4))
+    topic, key, value, headers = mailer.producer.sent[0]
+    assert (topic, key, value) == ("p.ride_confirmed.dlq", b"k", b"{not json")
+    assert "invalid" in dict(headers)[REASON].decode()
+    assert len(emails_in(tmp_path / "outbox")) == 1
+    assert mailer.counts.dead_lettered == 1
+
+
+def test_a_key_that_is_not_the_ride_id_is_poison(mailer):
+    mailer.handle(record(schemas.encode(ride()), b"someone-else"))
+    assert mailer.counts.dead_lettered == 1 and mailer.counts.emailed == 0
+
+
+def test_a_recipient_refused_for_good_is_dead_lettered_and_forgotten_by_the_ledger(mailer):
+    def refuse(message, ride_id):
+        raise smtplib.SMTPRecipientsRefused({"ada@example.com": (550, b"no such user")})
+
+    mailer.transport.deliver = refuse
+    mailer.handle(record_of(ride()))
+    assert mailer.counts.dead_lettered == 1
+    assert "refused" in dict(mailer.producer.sent[0][3])[REASON].decode()
+    assert mailer.ledger.status(RIDE_ID) is None  # a replay from the dead-letter topic emails it
+
+
+def test_handle_batch_stops_between_records_when_asked(mailer):
+    records = [record_of(ride(uuid4()), offset=i) for i in range(5)]
+    stops = iter([False, False, True])
+    assert mailer.handle_batch(records, lambda: next(stops)) == 2
+    assert mailer.counts.emailed == 2
+
+
+# ------------------------------------------------------------------------------------------ retrying
+
+
+def test_delivery_is_retried_with_backoff_then_succeeds():
+    calls, sleeps = [], []
+
+    def flaky(message, ride_id):
+        calls.append(ride_id)
+        if len(calls) < 3:
+            raise smtplib.SMTPServerDisconnected("gone")
+        return "smtp://x"
+
+    result = em.deliver_with_retries(flaky, em.render(ride()), RIDE_ID, lambda s: sleeps.append(s) or False)
+    assert result == "smtp://x"
+    assert sleeps == [1.0, 2.0]
+
+
+def test_delivery_that_keeps_failing_stops_the_script_with_one_line():
+    def down(message, ride_id):
+        raise ConnectionRefusedError("connection refused")
+
+    with pytest.raises(cli.Fatal) as e:
+        em.deliver_with_retries(down, em.render(ride()), RIDE_ID, no_sleep, attempts=3)
+    assert "\n" not in str(e.value)
+    assert "after 3 attempts" in str(e.value) and "without committing" in str(e.value)
+
+
+def test_a_stop_request_while_waiting_to_retry_ends_the_batch():
+    def down(message, ride_id):
+        raise OSError("unreachable")
+
+    with pytest.raises(em.Stopped):
+        em.deliver_with_retries(down, em.render(ride()), RIDE_ID, lambda s: True)
+
+
+def test_a_temporary_recipient_refusal_is_retried_not_dead_lettered():
+    calls = []
+
+    def greylisted(message, ride_id):
+        calls.append(1)
+        if len(calls) == 1:
+            raise smtplib.SMTPRecipientsRefused({"ada@example.com": (450, b"try later")})
+        return "smtp://x"
+
+    assert em.deliver_with_retries(greylisted, em.render(ride()), RIDE_ID, no_sleep) == "smtp://x"
+
+
+# -------------------------------------------------------------------------------------- SMTP delivery
+
+
+class _SmtpHandler(socketserver.StreamRequestHandler):
+    """Just enough of an SMTP server for smtplib: EHLO, MAIL, RCPT, DATA, QUIT."""
+
+    def handle(self):
+        self.wfile.write(b"220 test ESMTP\r\n")
+        while line := self.rfile.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                self.wfile.write(b"250 test\r\n")
+            elif verb == b"DATA":
+                self.wfile.write(b"354 go on\r\n")
+                data = []
+                while (chunk := self.rfile.readline()) not in (b".\r\n", b""):
+                    data.append(chunk)
+                self.server.received.append(b"".join(data))
+                self.wfile.write(b"250 queued\r\n")
+            elif verb == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+
+@pytest.fixture
+def smtp_server():
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SmtpHandler)
+    server.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_smtp_delivery_sends_the_rendered_email(smtp_server):
+    port = smtp_server.server_address[1]
+    s = em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=port)
+    smtp = em.Smtp(s)
+    try:
+        assert smtp.deliver(em.render(ride()), RIDE_ID) == f"smtp://127.0.0.1:{port}"
+        smtp.deliver(em.render(ride(uuid4())), RIDE_ID)  # over the same connection
+    finally:
+        smtp.close()
+    assert len(smtp_server.received) == 2
+    parsed = message_from_bytes(smtp_server.received[0], policy=email.policy.default)
+    assert parsed["Message-ID"] == f"<ride-{RIDE_ID}@rides.example>"
+    assert parsed["To"] == "ada@example.com"
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+def test_smtp_settings_come_from_the_standard_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("SMTP_HOST", "mail.example.com")
+    monkeypatch.setenv("SMTP_PORT", "465")
+    monkeypatch.setenv("SMTP_USER", "bot")
+    monkeypatch.setenv("SMTP_PASSWORD", "s3cret")
+    monkeypatch.setenv("SMTP_FROM", "Rides <noreply@example.com>")
+    s = em.EmailSettings(group_id="email")
+    assert (s.smtp_host, s.smtp_port, s.smtp_user) == ("mail.example.com", 465, "bot")
+    assert s.smtp_password.get_secret_value() == "s3cret" and "s3cret" not in repr(s)
+    assert s.smtp_from == "Rides <noreply@example.com>"
+
+
+def test_flags_beat_the_variables_and_the_ledger_defaults_into_the_outbox(monkeypatch, tmp_path):
+    monkeypatch.setenv("SMTP_HOST", "mail.example.com")
+    s = cli.load(em.EmailSettings, cli.parser("x", group_id="email"), [])
+    assert s.smtp_host == "mail.example.com"
+    s = em.EmailSettings(group_id="email", smtp_host="other.example.com", outbox=tmp_path / "o")
+    assert s.smtp_host == "other.example.com"
+    assert s.ledger_path == tmp_path / "o" / em.LEDGER_NAME
+
+
+def test_without_smtp_settings_there_is_no_smtp_host(monkeypatch):
+    monkeypatch.delenv("SMTP_HOST", raising=False)
+    s = em.EmailSettings(group_id="email")
+    assert s.smtp_host is None and s.outbox == Path("outbox")
+
+
+def test_a_sender_that_is_not_an_address_is_refused():
+    with pytest.raises(ValueError):
+        em.EmailSettings(group_id="email", smtp_from="nobody")
