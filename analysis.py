@@ -118,6 +118,11 @@ def fold(stats: Stats, ride: schemas.RideConfirmed) -> Stats:
     return stats
 
 
+def _printable(text: str, width: int) -> str:
+    """A zone name as one table cell: zone names are free text, and a newline would break the table."""
+    return "".join(c if c.isprintable() else "?" for c in text[:width])
+
+
 def _fare(amount: Decimal | None, currency: str) -> str:
     return "-" if amount is None else f"{amount:.2f}{currency}"
 
@@ -134,7 +139,7 @@ def render(stats: Stats, minutes: int = 5, zones: int = 8) -> str:
         lines.append(f"  {'pickup zone':<20} {'rides':>6} {'share':>6} {'ETA min':>8} {'fare':>9}")
         busiest = sorted(stats.zones.items(), key=lambda zt: (-zt[1].rides, zt[0]))
         for zone, t in busiest[:zones]:
-            lines.append(f"  {zone[:20]:<20} {t.rides:>6} {t.rides / stats.all.rides:>6.1%} "
+            lines.append(f"  {_printable(zone, 20):<20} {t.rides:>6} {t.rides / stats.all.rides:>6.1%} "
                          f"{t.mean_eta:>8.1f} {_fare(t.mean_fare, ''):>9}")
         if len(busiest) > zones:
             lines.append(f"  ... and {len(busiest) - zones} more zones")

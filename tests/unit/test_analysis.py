@@ -1,0 +1,206 @@
+"""analysis.py without a broker: folding statistics, the table, the saved state and how it resumes."""
+
+import random
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from uuid import uuid4
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+
+import analysis
+from common import cli, schemas
+from tests.unit.strategies import ride_confirmations
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
+
+
+def ride(zone="Mitte", eta=6.0, fare="12.00", at=T0, currency="EUR") -> schemas.RideConfirmed:
+    return schemas.RideConfirmed(
+        ride_id=uuid4(), customer_id="c1", customer_email="c1@example.com",
+        pickup={"lat": 52.52, "lon": 13.4, "zone": zone}, dropoff={"lat": 52.5, "lon": 13.41, "zone": "Pankow"},
+        requested_at=at, driver_id="d1", distance_km=2.0, pickup_eta_minutes=eta, fare=Decimal(fare),
+        currency=currency, confirmed_at=at,
+    )
+
+
+def fold_all(rides) -> analysis.Stats:
+    stats = analysis.Stats()
+    for r in rides:
+        analysis.fold(stats, r)
+    return stats
+
+
+# ------------------------------------------------------------------------------------------- folding
+
+
+def test_fold_counts_rides_per_zone_and_per_minute():
+    stats = fold_all([ride("Mitte"), ride("Mitte", at=T0 + timedelta(seconds=59)),
+                      ride("Kreuzberg", at=T0 + timedelta(minutes=1))])
+    assert stats.all.rides == 3
+    assert {z: t.rides for z, t in stats.zones.items()} == {"Mitte": 2, "Kreuzberg": 1}
+    assert stats.minutes == {"2026-03-01 08:00": 2, "2026-03-01 08:01": 1}
+
+
+def test_means_of_eta_and_fare():
+    stats = fold_all([ride(eta=4.0, fare="10.00"), ride(eta=7.5, fare="15.01"), ride(eta=0.25, fare="0.02")])
+    assert stats.all.mean_eta == pytest.approx((4.0 + 7.5 + 0.25) / 3)
+    assert stats.all.mean_fare == Decimal("8.34")  # 25.03 / 3, to the cent
+    assert analysis.Stats().all.mean_eta is None and analysis.Stats().all.mean_fare is None
+
+
+def test_minutes_are_utc_whatever_the_offset_of_confirmed_at():
+    berlin = timezone(timedelta(hours=1))
+    stats = fold_all([ride(at=datetime(2026, 3, 1, 9, 0, 30, tzinfo=berlin))])
+    assert stats.minutes == {"2026-03-01 08:00": 1}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(ride_confirmations(), max_size=30), st.randoms(use_true_random=False))
+def test_folding_in_any_order_gives_the_same_statistics(rides, rnd):
+    shuffled = list(rides)
+    rnd.shuffle(shuffled)
+    in_order, any_order = fold_all(rides), fold_all(shuffled)
+    assert in_order == any_order
+    assert in_order.to_json() == any_order.to_json()
+    assert in_order.all.rides == len(rides) == sum(t.rides for t in in_order.zones.values())
+    assert sum(in_order.minutes.values()) == len(rides)
+    if rides:
+        exact_eta = sum(r.pickup_eta_minutes for r in rides) / len(rides)
+        assert in_order.all.mean_eta == pytest.approx(exact_eta, abs=0.001)
+        assert in_order.all.fare_cents == int(sum(r.fare for r in rides) * 100)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(ride_confirmations(), max_size=10))
+def test_statistics_survive_a_json_round_trip(rides):
+    stats = fold_all(rides)
+    stats.dead_lettered = 3
+    assert analysis.Stats.from_json(stats.to_json()) == stats
+
+
+# ------------------------------------------------------------------------------------------- the table
+
+
+def test_render_shows_totals_busiest_zones_and_rides_per_minute():
+    stats = fold_all([ride("Mitte", 4.0, "10.00"), ride("Mitte", 8.0, "20.00"),
+                      ride("Kreuzberg", 6.0, "12.00", at=T0 + timedelta(minutes=2))])
+    table = analysis.render(stats, minutes=3)
+    lines = table.splitlines()
+    assert lines[0] == "confirmed rides: 3   mean pickup ETA: 6.0 min   mean fare: 14.00 EUR"
+    assert lines[1].split() == ["pickup", "zone", "rides", "share", "ETA", "min", "fare"]
+    assert lines[2].split() == ["Mitte", "2", "66.7%", "6.0", "15.00"]
+    assert lines[3].split() == ["Kreuzberg", "1", "33.3%", "6.0", "12.00"]
+    assert lines[4] == "  rides per minute (UTC): 08:00 2  08:01 0  08:02 1"
+
+
+def test_render_of_nothing_yet():
+    assert analysis.render(analysis.Stats()) == "confirmed rides: 0   mean pickup ETA: -   mean fare: -"
+
+
+def test_render_keeps_one_line_per_zone_whatever_the_zone_name_and_caps_the_zones():
+    stats = fold_all([ride("evil\nzone"), *[ride(f"zone-{i}") for i in range(10)]])
+    table = analysis.render(stats, zones=8)
+    assert "evil?zone" in table
+    assert len(table.splitlines()) == 1 + 1 + 8 + 1 + 1
+    assert "... and 3 more zones" in table
+
+
+def test_render_does_not_average_fares_of_different_currencies():
+    stats = fold_all([ride(currency="EUR"), ride(currency="USD")])
+    assert "(several currencies)" in analysis.render(stats)
+
+
+def test_summary_line_format():
+    stats = fold_all([ride(eta=5.0, fare="10.00"), ride("Kreuzberg", eta=6.0, fare="11.00")])
+    stats.dead_lettered = 1
+    assert analysis.summary(stats) == "summary: total=2 zones=2 mean_eta_min=5.50 mean_fare=10.50 dead_lettered=1"
+    assert analysis.summary(analysis.Stats()) == "summary: total=0 zones=0 mean_eta_min=- mean_fare=- dead_lettered=0"
+
+
+# --------------------------------------------------------------------------------------- saved state
+
+TP0, TP1 = TopicPartition("p.ride_confirmed", 0), TopicPartition("p.ride_confirmed", 1)
+
+
+def test_state_round_trip_and_reopen(tmp_path):
+    path = tmp_path / "analysis.db"
+    state = analysis.State(path)
+    assert state.load() == (analysis.Stats(), {})
+    stats = fold_all([ride(), ride("Kreuzberg")])
+    state.save(stats, {TP0: 5, TP1: 2})
+    state.save(fold_all([ride(), ride("Kreuzberg"), ride()]), {TP0: 6})
+    state.close()
+    loaded, offsets = analysis.load_state(path)
+    assert loaded.all.rides == 3
+    assert offsets == {TP0: 6, TP1: 2}
+    reopened = analysis.State(path)
+    assert reopened.load() == (loaded, offsets)
+    reopened.close()
+
+
+def test_a_save_that_fails_half_way_leaves_the_previous_statistics_and_offsets(tmp_path):
+    state = analysis.State(tmp_path / "analysis.db")
+    state.save(fold_all([ride()]), {TP0: 1})
+    with pytest.raises(Exception):  # noqa: B017 - the point is what is left behind, whatever the error
+        state.save(fold_all([ride(), ride()]), {TP0: 2, TP1: None})  # the offsets' NOT NULL fails last
+    stats, offsets = state.load()
+    assert stats.all.rides == 1 and offsets == {TP0: 1}
+    state.close()
+
+
+def test_a_second_instance_on_the_same_state_file_is_refused(tmp_path):
+    first = analysis.State(tmp_path / "analysis.db")
+    try:
+        with pytest.raises(cli.Fatal, match="another analysis.py is using"):
+            analysis.State(tmp_path / "analysis.db")
+    finally:
+        first.close()
+    analysis.State(tmp_path / "analysis.db").close()  # free again once the first has closed
+
+
+def record(partition: int, offset: int) -> ConsumerRecord:
+    return ConsumerRecord("p.ride_confirmed", partition, -1, offset, 0, 0, b"k", b"v", [], None, -1, -1, -1)
+
+
+def test_records_the_saved_state_already_counts_are_skipped():
+    batch = [record(0, 3), record(0, 4), record(0, 5), record(1, 0)]
+    assert [(r.partition, r.offset) for r in analysis.unseen(batch, {TP0: 5})] == [(0, 5), (1, 0)]
+
+
+def test_saved_offsets_never_go_backwards():
+    assert analysis.advance({TP0: 10}, [record(0, 3), record(1, 7)]) == {TP0: 10, TP1: 8}
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.seeks: dict[TopicPartition, int | str] = {}
+
+    def seek(self, tp, offset):
+        self.seeks[tp] = offset
+
+    def seek_to_beginning(self, *tps):
+        for tp in tps:
+            self.seeks[tp] = "beginning"
+
+
+def test_assigned_partitions_resume_from_the_saved_offsets_or_the_beginning():
+    listener = analysis.ResumeFromState({TP0: 42})
+    listener.consumer = FakeConsumer()
+    listener.on_partitions_assigned({TP0, TP1})
+    assert listener.consumer.seeks == {TP0: 42, TP1: "beginning"}
+
+
+def test_a_replay_of_everything_folds_nothing_twice(tmp_path):
+    # What a restart after kill -9 amounts to: the same records again, from wherever Kafka resumes.
+    rides = [ride(random.choice(["A", "B", "C"])) for _ in range(20)]
+    records = [record(0, i) for i in range(20)]
+    stats, saved = analysis.Stats(), {}
+    for batch in (records[:8], records[:15], records, records[5:]):  # overlapping, as replays are
+        for r in analysis.unseen(batch, saved):
+            analysis.fold(stats, rides[r.offset])
+        saved.update(analysis.advance(saved, batch))
+    assert stats == fold_all(rides)
