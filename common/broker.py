@@ -123,6 +123,9 @@ def resolve_libs(kafka_home: str | None = None, cache_dir: Path = CACHE_DIR) -> 
                 f"KAFKA_HOME={kafka_home} has no libs/kafka_2.13-*.jar. Fix: point KAFKA_HOME at an unpacked "
                 f"Apache Kafka {KAFKA_VERSION} distribution, or unset it to resolve the jars with Maven"
             )
+        if not (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+            found = sorted(p.name for p in libs.glob("kafka_2.13-*.jar"))
+            log.warning("KAFKA_HOME has %s; this project pins and tests Kafka %s", found, KAFKA_VERSION)
         return libs
 
     libs = cache_dir / "libs"
@@ -354,6 +357,9 @@ class LocalBroker:
             except subprocess.TimeoutExpired:
                 watchdog.kill()
                 watchdog.wait()
+        if self._atexit_registered:
+            atexit.unregister(self.stop)
+            self._atexit_registered = False
 
     def restart(self) -> str:
         """Stop and start again on the same data dir and the same ports."""
