@@ -78,7 +78,8 @@ def pytest_report_header(config):
         where = f"testcontainers {KAFKA_IMAGE} (KRaft, a Docker engine answers)"
     else:
         where = f"local launcher common.broker, Kafka {KAFKA_VERSION} (KRaft; no KAFKA_BOOTSTRAP_SERVERS, no Docker)"
-    return [f"kafka broker: {where}; started on first use by an integration test"]
+    when = "" if source == "external" else "; started on first use by an integration test"
+    return [f"kafka broker: {where}{when}"]
 
 
 # ------------------------------------------------------------------------------------------ brokers
@@ -153,7 +154,10 @@ def kafka_broker(tmp_path_factory):
     source = broker_source()
     if source == "external":
         bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-        _wait_ready(bootstrap, timeout=30)
+        try:
+            _wait_ready(bootstrap, timeout=30)
+        except RuntimeError as e:
+            pytest.fail(f"{e} (KAFKA_BOOTSTRAP_SERVERS); unset it to let the tests start a broker", pytrace=False)
         yield BrokerHandle(bootstrap, source)
     elif source == "docker":
         container, bootstrap = _kafka_container()

@@ -119,6 +119,15 @@ def test_session_broker_round_trip(kafka_bootstrap, topic_factory):
     assert (record.key, record.value) == (b"k", b"hello")
 
 
+def test_restart_broker_fixture_keeps_address_and_records(kafka_bootstrap, topic_factory, restart_broker):
+    topic = topic_factory("survives")
+    _produce(kafka_bootstrap, topic, [b"before"])
+    assert restart_broker() == kafka_bootstrap
+    _produce(kafka_bootstrap, topic, [b"after"])
+    records = _consume(kafka_bootstrap, topic, group=None, max_records=2)
+    assert [r.value for r in records] == [b"before", b"after"]
+
+
 # ------------------------------------------------------------------------------- the Python API
 
 
