@@ -9,8 +9,9 @@ appended), named as in common.topics: --topic-prefix is prepended, as for every 
 Both commands read the topic from the beginning with no consumer group: looking commits nothing and
 disturbs no one. They read committed records only, so that a dead letter whose transaction
 transaction.py aborted (and then wrote again) is not listed twice. Replaying sends each chosen dead
-letter's original key, value and headers to its source topic: run it after the cause is fixed, and
-only once, since every replay sends the records again.
+letter's original key, value and headers to its source topic, once per source record even when
+several consumer groups set it aside (email.py and analysis.py both read ride_confirmed): run it after
+the cause is fixed, and only once, since every replay sends the records again to every group.
 """
 
 from __future__ import annotations
@@ -142,6 +143,28 @@ def preview(data: bytes | None, limit: int = PREVIEW_CHARS) -> str:
     return shorten(escape(head), limit)
 
 
+def distinct_sources(letters: list[DeadLetter]) -> tuple[list[DeadLetter], list[tuple[DeadLetter, DeadLetter]]]:
+    """The dead letters to replay, one per source record, and the (skipped, kept) pairs of the others.
+
+    Every consumer group of a topic sets a record it cannot read aside on its own (email.py and
+    analysis.py both read ride_confirmed): replaying each of those copies would deliver the record
+    twice to every group.
+    """
+    kept: dict[tuple[str, int, int], DeadLetter] = {}
+    unique: list[DeadLetter] = []
+    skipped: list[tuple[DeadLetter, DeadLetter]] = []
+    for letter in letters:
+        source = (letter.source_topic, letter.source_partition, letter.source_offset)
+        if letter.source_offset < 0:  # origin unknown (not written by common.dead_letters): keep it
+            unique.append(letter)
+        elif source in kept:
+            skipped.append((letter, kept[source]))
+        else:
+            kept[source] = letter
+            unique.append(letter)
+    return unique, skipped
+
+
 def when(ms: int) -> str:
     """Milliseconds since the epoch as an ISO time in UTC, to the second; "-" when unknown."""
     if ms <= 0:
@@ -207,7 +230,7 @@ def reader(settings: Settings) -> KafkaConsumer:
 
 
 def read(consumer: KafkaConsumer, topic: str, partition: int, chosen: Offsets,
-         shutdown: Shutdown) -> Iterator[DeadLetter]:
+         shutdown: Shutdown, group: str | None = None) -> Iterator[DeadLetter]:
     """The chosen dead letters of one partition, from the beginning to the end it had when reading began."""
     tp = TopicPartition(topic, partition)
     consumer.assign([tp])
@@ -229,7 +252,9 @@ def read(consumer: KafkaConsumer, topic: str, partition: int, chosen: Offsets,
             if r.offset >= end:
                 return
             if r.offset in chosen:
-                yield DeadLetter.parse(r)
+                letter = DeadLetter.parse(r)
+                if group is None or letter.group_id == group:
+                    yield letter
 
 
 def open_topic(settings: Settings, shutdown: Shutdown, topic_arg: str, partition: int) -> tuple[KafkaConsumer, str]:
@@ -256,7 +281,7 @@ def list_command(settings: Settings, args: argparse.Namespace, shutdown: Shutdow
     shown = 0
     try:
         render: Callable[[DeadLetter], str] = format_json if args.json else format_line
-        for letter in read(consumer, topic, args.partition, args.offsets or ALL, shutdown):
+        for letter in read(consumer, topic, args.partition, args.offsets or ALL, shutdown, args.group):
             if args.limit is not None and shown >= args.limit:
                 break
             print(render(letter), flush=True)
@@ -271,12 +296,16 @@ def replay_command(settings: Settings, args: argparse.Namespace, shutdown: Shutd
     chosen = ALL if args.all else args.offsets
     consumer, topic = open_topic(settings, shutdown, args.topic, args.partition)
     try:
-        letters = list(read(consumer, topic, args.partition, chosen, shutdown))
+        letters = list(read(consumer, topic, args.partition, chosen, shutdown, args.group))
         existing = set(consumer.topics())
     finally:
         consumer.close()
     if not letters:
         raise cli.Fatal(f"no dead letters at offsets {chosen} of {topic}[{args.partition}]; nothing replayed")
+    letters, skipped = distinct_sources(letters)
+    for letter, kept in skipped:
+        log.info("%s@%d (group %s) is the same record as %s@%d: replayed once", topic, letter.record.offset,
+                 escape(letter.group_id), topic, kept.record.offset)
     missing = sorted({letter.source_topic for letter in letters} - existing)
     if missing:
         raise cli.Fatal(f"source topic {', '.join(missing)} does not exist; nothing replayed")
@@ -328,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dead-letter topic (ride_details.dlq) or its source topic (ride_details)")
         c.add_argument("--partition", type=int, default=0, metavar="P",
                        help="partition of the dead-letter topic (default: 0, the only one)")
+        c.add_argument("--group", metavar="GROUP_ID",
+                       help="only the dead letters set aside by this consumer group (default: every group's)")
         return c
 
     ls = command("list", "print one line per dead letter: offset, origin, when, group, reason, key and value")
@@ -335,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, metavar="N", help="stop after N dead letters")
     ls.add_argument("--json", action="store_true", help="one JSON object per line instead")
 
-    rp = command("replay", "send the chosen dead letters' original key, value and headers to their source topic")
+    rp = command("replay", "send the chosen dead letters' original key, value and headers to their source "
+                           "topic, once per source record (when several groups set the same record aside); "
+                           "every group reading that topic receives them again")
     which = rp.add_mutually_exclusive_group(required=True)
     which.add_argument("--offsets", type=offsets_arg, metavar="3,5-9,20-", help="the dead letters to replay")
     which.add_argument("--all", action="store_true", help="replay every dead letter of the topic")

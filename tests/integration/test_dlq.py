@@ -27,7 +27,8 @@ SOURCES = [
 @pytest.fixture
 def dead_lettered(kafka_bootstrap):
     """SOURCES produced to <prefix>ride_details, read back, then set aside with DeadLetters into
-    <prefix>ride_details.dlq (offsets 0-9, in order). Returns the prefix and the source records."""
+    <prefix>ride_details.dlq (offsets 0-9, in order), and SOURCES[1] once more by another group (offset
+    10), as two groups reading one topic would. Returns the prefix and the source records."""
     prefix = unique_prefix("dlq")
     settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
     a = admin(settings)
@@ -45,8 +46,10 @@ def dead_lettered(kafka_bootstrap):
         records = [r for r in read_all(kafka_bootstrap, source_topic, quiet=1.0) if r.partition == 2]
         assert len(records) == len(SOURCES)
         letters = DeadLetters(producer, group_id="tests-dlq-group")
-        for record, (*_, reason) in zip(records, SOURCES):
+        for record, (*_, reason) in zip(records, SOURCES, strict=True):
             letters.send(record, reason)
+        producer.flush()
+        DeadLetters(producer, group_id="tests-other-group").send(records[1], "other group's reason")
         producer.flush()
     finally:
         producer.close()
@@ -62,14 +65,18 @@ def run_dlq(kafka_bootstrap: str, prefix: str, *args: str, expect: int = 0) -> S
 def test_list_names_reason_and_origin_of_every_dead_letter(kafka_bootstrap, dead_lettered):
     prefix, records = dead_lettered
     lines = run_dlq(kafka_bootstrap, prefix, "list", "ride_details.dlq").stdout().splitlines()
-    assert len(lines) == len(SOURCES)
-    for offset, (line, record, source) in enumerate(zip(lines, records, SOURCES)):
+    assert len(lines) == len(SOURCES) + 1
+    assert lines[10].startswith(f"10  {prefix}ride_details[2]@{records[1].offset}  ")
+    assert "  tests-other-group  other group's reason  " in lines[10]
+    for offset, (line, record, source) in enumerate(zip(lines[:10], records, SOURCES, strict=True)):
         assert line.startswith(f"{offset}  {prefix}ride_details[2]@{record.offset}  ")
         assert f"  tests-dlq-group  {source[3]}  " in line
         assert line.isprintable() and len(line) < 500  # hostile bytes escaped, 200 KB values cut short
     assert "\\x1b[2J" in lines[4] and "\\xff\\xfe not utf-8" in lines[1] and "value[0 B]=(empty)" in lines[2]
 
     # The source topic's name works too; --limit and --offsets narrow it down; --json for scripts.
+    other = run_dlq(kafka_bootstrap, prefix, "list", "ride_details.dlq", "--group", "tests-other-group")
+    assert [line.split()[0] for line in other.stdout().splitlines()] == ["10"]
     out = run_dlq(kafka_bootstrap, prefix, "list", "ride_details", "--offsets", "2-8", "--limit", "3", "--json")
     objs = [json.loads(line) for line in out.stdout().splitlines()]
     assert [o["offset"] for o in objs] == [2, 3, 4]
@@ -80,8 +87,10 @@ def test_list_names_reason_and_origin_of_every_dead_letter(kafka_bootstrap, dead
 def test_replay_sends_exactly_the_chosen_records_back(kafka_bootstrap, dead_lettered):
     prefix, records = dead_lettered
     chosen = [1, 3, 4, 5, 6]
-    out = run_dlq(kafka_bootstrap, prefix, "replay", "ride_details.dlq", "--offsets", "1,3-6").stdout()
-    replayed_lines = out.splitlines()
+    # Offset 10 is record 1 again, set aside by a second group: it is replayed once, not twice.
+    replay = run_dlq(kafka_bootstrap, prefix, "replay", "ride_details.dlq", "--offsets", "1,3-6,10")
+    assert "is the same record as" in replay.log()
+    replayed_lines = replay.stdout().splitlines()
     assert [int(line.split()[1]) for line in replayed_lines] == chosen
     assert all(f" -> {prefix}ride_details[" in line for line in replayed_lines)
 
@@ -94,7 +103,7 @@ def test_replay_sends_exactly_the_chosen_records_back(kafka_bootstrap, dead_lett
 
     # The dead-letter topic is only read, never changed: every dead letter is still listed.
     lines = run_dlq(kafka_bootstrap, prefix, "list", "ride_details.dlq").stdout().splitlines()
-    assert len(lines) == len(SOURCES)
+    assert len(lines) == len(SOURCES) + 1
 
 
 def test_errors_are_one_line_and_non_zero(kafka_bootstrap, dead_lettered):

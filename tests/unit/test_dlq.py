@@ -15,6 +15,7 @@ from common.dlq import (
     ALL,
     build_parser,
     dead_letter_name,
+    distinct_sources,
     escape,
     format_json,
     format_line,
@@ -149,3 +150,13 @@ def test_json_line_carries_the_same_facts():
     assert obj["key"] == "(null)" and obj["value"] == "\\xffnot json" and obj["value_bytes"] == 9
     assert obj["headers"] == ["trace"]
     assert format_json(dead_letter(b"x" * 10_000)).isascii()
+
+
+def test_replay_sends_each_source_record_once_whatever_the_number_of_groups():
+    email = dead_letter(b"x")
+    analysis = DeadLetter.parse(email.record._replace(
+        offset=13, headers=[(k, b"analysis" if k == dead_letters.GROUP else v) for k, v in email.record.headers]))
+    unknown = DeadLetter.parse(email.record._replace(offset=14, headers=[]))  # no dlq.* headers: kept
+    unique, skipped = distinct_sources([email, analysis, unknown, unknown])
+    assert unique == [email, unknown, unknown]
+    assert skipped == [(analysis, email)]
