@@ -26,7 +26,7 @@ from common.broker import free_port
 from common.dead_letters import GROUP, REASON, SOURCE_TOPIC
 from common.settings import Settings
 from tests.integration.pipeline import Script, header, parse_summary, produce_raw, read_until, unique_prefix, wait_until
-from tests.unit.test_email import load_email_script
+from tests.unit.test_email import fake_smtp_server, load_email_script
 
 em = load_email_script()
 
@@ -75,9 +75,9 @@ class Run:
         finally:
             admin.close()
 
-    def email(self, *args: str) -> Script:
+    def email(self, *args: str, env: dict[str, str] | None = None) -> Script:
         return Script("email.py", "--outbox", str(self.outbox), *args, bootstrap=self.bootstrap,
-                      prefix=self.prefix, group_id=self.prefix + "email", log_dir=self.logs)
+                      prefix=self.prefix, group_id=self.prefix + "email", log_dir=self.logs, env=env)
 
     def analysis(self, *args: str) -> Script:
         return Script("analysis.py", "--state", str(self.state), "--every", "1", *args, bootstrap=self.bootstrap,
@@ -285,3 +285,25 @@ def test_no_broker_one_line_error_and_a_non_zero_exit(script, tmp_path):
     errors = [line for line in log.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "unreachable" in errors[0] and nowhere in errors[0], log
     assert "Traceback" not in log
+
+
+def test_smtp_down_stops_without_committing_then_every_ride_is_sent_once_it_is_back(run):
+    rides = confirmed_rides(20, seed=7)
+    run.produce(rides)
+    down = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(free_port())}
+    with run.email(env=down) as email:
+        code = email.wait(timeout=90, expect=None)  # three retries (1 + 2 + 4 s), then a one-line error
+    errors = [line for line in email.log().splitlines() if " ERROR " in line]
+    assert code == 1 and len(errors) == 1 and "without committing" in errors[0], email.log()
+    assert "Traceback" not in email.log()
+    assert list(run.ledger_rows().values()) == [em.SENDING]  # the ride it was trying: 'maybe sent'
+
+    with fake_smtp_server() as smtp_server:
+        up = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_server.server_address[1])}
+        with run.email(env=up) as email:
+            run.wait_emailed(len(rides))
+            email.stop()
+    received = [message_from_bytes(m, policy=policy.default) for m in smtp_server.received]
+    assert sorted(m["X-Ride-ID"] for m in received) == sorted(str(r.ride_id) for r in rides)
+    assert run.emails() == {}  # with SMTP settings, nothing goes to the outbox
+    assert parse_summary(email.log()) == {"emailed": 20, "resent": 1, "duplicates_skipped": 0, "dead_lettered": 0}

@@ -1,5 +1,6 @@
 """email.py without a broker: the email, the outbox, the ledger, the crash window, retries, settings."""
 
+import contextlib
 import email.policy
 import importlib.util
 import smtplib
@@ -347,15 +348,24 @@ class _SmtpHandler(socketserver.StreamRequestHandler):
                 self.wfile.write(b"250 ok\r\n")
 
 
-@pytest.fixture
-def smtp_server():
+@contextlib.contextmanager
+def fake_smtp_server():
+    """A local SMTP server on a free port; what it received is in .received (bytes per email)."""
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SmtpHandler)
     server.received = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def smtp_server():
+    with fake_smtp_server() as server:
+        yield server
 
 
 def test_smtp_delivery_sends_the_rendered_email(smtp_server):
