@@ -9,6 +9,7 @@ analysis.py run as real subprocesses. Then:
 - every hostile record is in the right .dlq topic, once per consumer group that read it, with its
   original key and value and a dead-letter reason, and nothing else is dead-lettered;
 - no script crashed: all three still run at the end and exit 0 on SIGTERM;
+- `python -m common.dlq list` shows every one of them on one short, printable line;
 - every valid request is confirmed or rejected exactly once (read_committed), every confirmed ride
   emailed once, and analysis.py counted each one.
 """
@@ -224,6 +225,12 @@ def test_hostile_records_are_dead_lettered_and_valid_rides_still_flow(kafka_boot
         assert summaries["analysis.py"]["dead_lettered"] == HOSTILE_CONFIRMATIONS
         tx = summaries["transaction.py"]
         assert tx["dead_lettered"] == HOSTILE_REQUESTS and tx["confirmed"] + tx["rejected"] == len(request_ids)
+        # The people's view of the same dead letters: one short, printable line each, hostile bytes escaped.
+        with Script("common.dlq", "list", topics.dead_letter_topic(topics.RIDE_DETAILS), **common_args) as dlq:
+            dlq.wait(timeout=90)
+        lines = dlq.stdout().splitlines()
+        assert len(lines) == HOSTILE_REQUESTS
+        assert all(line.isprintable() and len(line) < 600 for line in lines)
         print(f"fuzz: {HOSTILE_REQUESTS} + {HOSTILE_CONFIRMATIONS} hostile records dead-lettered, "
               f"{len(request_ids)} requests decided ({tx['confirmed']} confirmed), {len(confirmed_ids)} emailed "
               f"and counted, in {time.monotonic() - started:.0f} s")
