@@ -176,6 +176,8 @@ class State:
                              " json TEXT NOT NULL)")
             self._db.execute("CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, partition INTEGER NOT NULL,"
                              " next_offset INTEGER NOT NULL, PRIMARY KEY (topic, partition))")
+            # Which incarnation of the topic the offsets belong to (Kafka's topic id).
+            self._db.execute("CREATE TABLE IF NOT EXISTS topics (topic TEXT PRIMARY KEY, topic_id TEXT NOT NULL)")
 
     def load(self) -> tuple[Stats, dict[TopicPartition, int]]:
         return _load(self._db)
@@ -188,6 +190,17 @@ class State:
                 "INSERT OR REPLACE INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?)",
                 [(tp.topic, tp.partition, offset) for tp, offset in offsets.items()],
             )
+
+    def check_topic(self, topic: str, topic_id: str) -> None:
+        """Refuse a state saved for another topic of the same name: its offsets would mean nothing here."""
+        row = self._db.execute("SELECT topic_id FROM topics WHERE topic = ?", (topic,)).fetchone()
+        if row is None:
+            with self._db:
+                self._db.execute("INSERT INTO topics (topic, topic_id) VALUES (?, ?)", (topic, topic_id))
+        elif row[0] != topic_id:
+            raise cli.Fatal(f"{self.path} holds statistics of another topic named {topic} (topic id {row[0]}, "
+                            f"now {topic_id}: deleted and created again, or another cluster); delete the file or "
+                            f"pass another --state to start over")
 
     def close(self) -> None:
         self._db.close()
@@ -281,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             topics.ensure_topics(admin, settings, [topics.RIDE_CONFIRMED,
                                                    topics.dead_letter_topic(topics.RIDE_CONFIRMED)])
+            state.check_topic(source, admin.describe_topics([source])[0]["topic_id"])
         finally:
             admin.close()
         producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "analysis-dead-letters"),

@@ -162,6 +162,18 @@ def test_a_second_instance_on_the_same_state_file_is_refused(tmp_path):
     analysis.State(tmp_path / "analysis.db").close()  # free again once the first has closed
 
 
+def test_a_state_of_another_incarnation_of_the_topic_is_refused(tmp_path):
+    state = analysis.State(tmp_path / "analysis.db")
+    try:
+        state.check_topic("p.ride_confirmed", "id-1")
+        state.check_topic("p.ride_confirmed", "id-1")  # the same topic: fine
+        state.check_topic("q.ride_confirmed", "id-2")  # another topic: fine too
+        with pytest.raises(cli.Fatal, match="another topic named p.ride_confirmed"):
+            state.check_topic("p.ride_confirmed", "id-3")
+    finally:
+        state.close()
+
+
 def record(partition: int, offset: int) -> ConsumerRecord:
     return ConsumerRecord("p.ride_confirmed", partition, -1, offset, 0, 0, b"k", b"v", [], None, -1, -1, -1)
 
