@@ -24,6 +24,7 @@ import common.stdlib_email  # noqa: F401
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -238,16 +239,18 @@ def read(consumer: KafkaConsumer, topic: str, partition: int, chosen: Offsets,
     end = consumer.end_offsets([tp])[tp]  # read_committed: the last stable offset
     if chosen.last is not None:
         end = min(end, chosen.last + 1)
-    last_progress = time.monotonic()
-    while consumer.position(tp) < end:
+    position, last_progress = consumer.position(tp), time.monotonic()
+    while position < end:
         if shutdown.requested:
             raise cli.Interrupted()
         records = consumer.poll(timeout_ms=500).get(tp, [])
-        if records:
-            last_progress = time.monotonic()
+        # Progress is the position, not records: aborted records and transaction markers advance it
+        # without returning anything.
+        if consumer.position(tp) != position:
+            position, last_progress = consumer.position(tp), time.monotonic()
         elif time.monotonic() - last_progress > STALL_SECONDS:
-            raise cli.Fatal(f"{topic}[{partition}]: no records for {STALL_SECONDS:.0f} s at offset "
-                            f"{consumer.position(tp)} of {end}; is the broker still up?")
+            raise cli.Fatal(f"{topic}[{partition}]: stuck for {STALL_SECONDS:.0f} s at offset {position} of "
+                            f"{end}; is the broker still up?")
         for r in records:
             if r.offset >= end:
                 return
@@ -286,6 +289,11 @@ def list_command(settings: Settings, args: argparse.Namespace, shutdown: Shutdow
                 break
             print(render(letter), flush=True)
             shown += 1
+    except BrokenPipeError:
+        # `... list ride_details.dlq | head`: the reader has seen enough; that is not an error. Point
+        # stdout at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         consumer.close()
     log.info("%d dead letters listed from %s[%d]", shown, topic, args.partition)
