@@ -13,6 +13,7 @@ import logging
 
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -55,3 +56,22 @@ def commit(consumer: KafkaConsumer, records: list[ConsumerRecord]) -> bool:
         log.warning("commit of %d records failed (%s: %s); a new owner of their partitions may process "
                     "them again", len(records), type(e).__name__, e)
         return False
+
+
+class LogAssignment(ConsumerRebalanceListener):
+    """One log line per rebalance: which partitions this instance now works on (tests wait for it)."""
+
+    def on_partitions_revoked(self, revoked):
+        if revoked:
+            log.info("partitions revoked: %s", describe_partitions(revoked))
+
+    def on_partitions_assigned(self, assigned):
+        log.info("partitions assigned: %s", describe_partitions(assigned))
+
+
+def describe_partitions(tps) -> str:
+    """topic[0,1,2] other[3], or "none"."""
+    by_topic: dict[str, list[int]] = {}
+    for tp in tps:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return " ".join(f"{t}{sorted(ps)}".replace(" ", "") for t, ps in sorted(by_topic.items())) or "none"
