@@ -25,7 +25,6 @@ from pathlib import Path
 
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import TopicPartition
 from pydantic import Field
 
@@ -237,27 +236,28 @@ def load_state(path: Path) -> tuple[Stats, dict[TopicPartition, int]]:
         db.close()
 
 
-class ResumeFromState(ConsumerRebalanceListener):
+class ResumeFromState(consume.LogAssignment):
     """Each assigned partition resumes where the saved state says, whatever Kafka has committed."""
 
     def __init__(self, saved: dict[TopicPartition, int]) -> None:
         self.saved = saved  # the main loop keeps it current after every save
         self.consumer: KafkaConsumer | None = None
 
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        pass  # the state is saved after every batch: nothing to do before giving partitions away
+    # on_partitions_revoked only logs: the state is saved after every batch, nothing is pending.
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         # Runs inside poll(), possibly on kafka-python's IO thread: reads only the in-memory copy.
         assert self.consumer is not None
+        super().on_partitions_assigned(assigned)
         for tp in sorted(assigned):
             offset = self.saved.get(tp)
             if offset is None:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, offset)
-        log.info("resuming %s from the saved state", ", ".join(
-            f"{tp.topic}[{tp.partition}]@{self.saved.get(tp, 'beginning')}" for tp in sorted(assigned)))
+        if assigned:
+            log.info("resuming %s from the saved state", ", ".join(
+                f"{tp.topic}[{tp.partition}]@{self.saved.get(tp, 'beginning')}" for tp in sorted(assigned)))
 
 
 # ------------------------------------------------------------------------------------------- the loop

@@ -410,8 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "email-dead-letters"),
                                "dead-letter producer")
     try:
-        consumer = clients.connect(settings, shutdown, lambda: clients.consumer(settings, [source], "email"),
-                                   "consumer")
+        consumer = clients.connect(
+            settings, shutdown,
+            lambda: clients.consumer(settings, [source], "email", listener=consume.LogAssignment()), "consumer")
     except BaseException:
         producer.close()
         raise
