@@ -25,7 +25,9 @@ import uuid
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))  # `python tools/demo.py` puts tools/ first, not the project
+# `python tools/demo.py` puts tools/ on the path, not the project. Appended, not prepended: the project's
+# email.py must not shadow the standard library's `email` package in this process.
+sys.path.append(str(PROJECT_ROOT))
 
 from common.broker import BrokerError, LocalBroker, metadata_ok, port_is_free  # noqa: E402
 
