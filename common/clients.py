@@ -21,6 +21,9 @@ T = TypeVar("T")
 
 # How long one connection attempt may take before connect() backs off and tries again.
 ATTEMPT_TIMEOUT_MS = 5000
+# kafka-python backs off reconnecting to a lost broker exponentially up to 30 s (the Java client: 1 s),
+# so after a broker restart a script would sit idle for up to half a minute after the broker is back.
+RECONNECT_BACKOFF_MAX_MS = 1000
 
 
 def admin(settings: Settings) -> KafkaAdminClient:
@@ -36,6 +39,7 @@ def producer(settings: Settings, client_id: str, *, transactional_id: str | None
         bootstrap_servers=settings.bootstrap_servers,
         client_id=client_id,
         bootstrap_timeout_ms=ATTEMPT_TIMEOUT_MS,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         # A ride is sent only once every in-sync replica has it, and the broker drops the duplicate a
         # retry after a timeout would otherwise write. (kafka-python 3's defaults; spelled out because
         # the pipeline's guarantees rest on them.)
@@ -62,6 +66,7 @@ def consumer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=client_id,
         bootstrap_timeout_ms=ATTEMPT_TIMEOUT_MS,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         # Committed offsets are what lets a restart resume where the last run stopped.
         group_id=settings.group_id,
         # Commit only after the work is done (each script commits itself); auto-commit on a timer
