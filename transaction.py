@@ -238,6 +238,14 @@ class Pipeline:
         return (f"the broker refuses transactions ({type(e).__name__}: {e}); grant this client the transactional "
                 f"id {self.settings.transactional_id}, or run with --guarantee at-least-once")
 
+    def _new_producer(self, why: str) -> None:
+        log.warning("%s: starting a new producer with transactional.id %s", why, self.settings.transactional_id)
+        try:
+            self.producer.close(timeout=0)
+        except KafkaError:
+            pass
+        self.producer = self._connect_producer()
+
     def close(self) -> None:
         try:
             self.consumer.close(timeout_ms=2000)
@@ -311,26 +319,30 @@ class Pipeline:
         self.totals.update(counts)
         self.totals["batches"] += 1
 
-    def recover(self, records: list[ConsumerRecord], error: KafkaError) -> None:
+    def recover(self, records: list[ConsumerRecord], error: KafkaError, started: float) -> None:
         """After a failed batch: abort its transaction and read it again from the committed offsets."""
-        first = records[0]
+        # A batch open longer than the transaction timeout (say, across a broker restart) is aborted by
+        # the broker, which bumps the producer epoch: this producer then looks fenced, yet no other
+        # instance exists, and a new producer recovers. Fenced within the timeout means another instance.
+        timed_out = self.exactly_once and \
+            time.monotonic() - started >= self.producer.config["transaction_timeout_ms"] / 1000
+        if is_fatal(error) and not timed_out:
+            raise cli.Fatal(self._fatal_message(error)) from None
         log.warning("batch of %d records from %s failed (%s: %s): aborting it and reading it again",
-                    len(records), where(first), type(error).__name__, error)
+                    len(records), where(records[0]), type(error).__name__, error)
         self.totals["aborted"] += 1
         if self.exactly_once:
-            try:
-                self.producer.abort_transaction()
-            except KafkaError as e:
-                if is_fatal(e):
-                    raise cli.Fatal(self._fatal_message(e)) from None
-                # The producer cannot abort (e.g. it failed in the middle of a commit): start a new one.
-                # Its init_transactions() settles whatever the old one left open.
-                log.warning("cannot abort the transaction (%s: %s): starting a new producer", type(e).__name__, e)
+            if is_fatal(error):
+                self._new_producer(f"the broker aborted the transaction open for {time.monotonic() - started:.0f} s")
+            else:
                 try:
-                    self.producer.close(timeout=0)
-                except KafkaError:
-                    pass
-                self.producer = self._connect_producer()
+                    self.producer.abort_transaction()
+                except KafkaError as e:
+                    if is_fatal(e) and not timed_out:
+                        raise cli.Fatal(self._fatal_message(e)) from None
+                    # It cannot abort (e.g. it failed in the middle of a commit): start a new one, whose
+                    # init_transactions() settles whatever the old one left open.
+                    self._new_producer(f"cannot abort the transaction ({type(e).__name__}: {e})")
         # Never go on from the in-memory position after a failed batch: that would skip its rides.
         delay = 0.5
         while True:
@@ -345,15 +357,21 @@ class Pipeline:
 
     def run(self) -> None:
         last_report = time.monotonic()
+        failures = 0
         while not self.shutdown.requested:
             records = consume.poll_batch(self.consumer)
             if records:
+                started = time.monotonic()
                 try:
                     self.run_batch(records)
+                    failures = 0
                 except KafkaError as e:
-                    if is_fatal(e):
-                        raise cli.Fatal(self._fatal_message(e)) from None
-                    self.recover(records, e)
+                    self.recover(records, e, started)
+                    failures += 1
+                    # Back off before trying again: after a broker restart, the consumer needs a heartbeat
+                    # or two to learn that it must rejoin its group, and every batch until then fails.
+                    if self.shutdown.sleep(min(0.5 * 2 ** (failures - 1), 5.0)):
+                        break
             if time.monotonic() - last_report >= 10:
                 last_report = time.monotonic()
                 log.info("progress: confirmed=%d rejected=%d dead_lettered=%d", self.totals["confirmed"],
