@@ -28,7 +28,6 @@ from uuid import UUID
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import (
     AuthorizationError,
     InvalidProducerEpochError,
@@ -168,24 +167,6 @@ class Abandoned(Exception):
     """Asked to stop while a batch could not be finished (Kafka unreachable): nothing of it is committed."""
 
 
-class LogAssignment(ConsumerRebalanceListener):
-    """One log line per rebalance: which partitions this instance now works on."""
-
-    def on_partitions_revoked(self, revoked):
-        if revoked:
-            log.info("partitions revoked: %s", _partitions(revoked))
-
-    def on_partitions_assigned(self, assigned):
-        log.info("partitions assigned: %s", _partitions(assigned))
-
-
-def _partitions(tps) -> str:
-    by_topic: dict[str, list[int]] = {}
-    for tp in tps:
-        by_topic.setdefault(tp.topic, []).append(tp.partition)
-    return " ".join(f"{t}{sorted(ps)}".replace(" ", "") for t, ps in sorted(by_topic.items())) or "none"
-
-
 class Pipeline:
     """The Kafka side of transaction.py: one batch in, its outcomes out, committed as one."""
 
@@ -200,7 +181,7 @@ class Pipeline:
         self.consumer: KafkaConsumer = clients.connect(
             settings, shutdown,
             lambda: clients.consumer(settings, [settings.topic(topics.RIDE_DETAILS)],
-                                     f"transaction-{settings.instance}", listener=LogAssignment()),
+                                     f"transaction-{settings.instance}", listener=consume.LogAssignment()),
             "consumer")
 
     # ------------------------------------------------------------------------------- clients
