@@ -10,6 +10,7 @@ Each script writes its own short loop with these, so that its guarantee is visib
 from __future__ import annotations
 
 import logging
+import time
 
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
@@ -23,8 +24,20 @@ POLL_TIMEOUT_MS = 500  # how quickly the loop notices a stop request when no rec
 
 
 def poll_batch(consumer: KafkaConsumer, timeout_ms: int = POLL_TIMEOUT_MS) -> list[ConsumerRecord]:
-    """One batch, in offset order within each partition."""
-    return [r for records in consumer.poll(timeout_ms=timeout_ms).values() for r in records]
+    """One batch, in offset order within each partition; empty while Kafka is briefly unreachable.
+
+    poll() reconnects by itself, but while it joins the group it may raise a retriable error (say, the
+    broker restarting as the script starts): that is a pause, not a reason to stop.
+    """
+    try:
+        batches = consumer.poll(timeout_ms=timeout_ms)
+    except KafkaError as e:
+        if not e.retriable:
+            raise
+        log.warning("poll failed (%s: %s); Kafka may be restarting, retrying", type(e).__name__, e)
+        time.sleep(timeout_ms / 1000)
+        return []
+    return [r for records in batches.values() for r in records]
 
 
 def next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:
