@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Extra broker arguments, e.g. `make broker ARGS="--fresh"`.
 ARGS ?=
 
-.PHONY: venv test demo broker lint
+.PHONY: venv test demo broker lint chaos fuzz bench
 
 venv: $(STAMP)
 
@@ -21,6 +21,18 @@ $(STAMP): requirements.txt requirements-dev.txt
 # The whole suite against a real broker (see README: how the tests find one).
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The crash test on its own: rides flow while scripts are SIGKILLed and the broker restarts.
+chaos: venv
+	$(PY) -m pytest -m chaos -s $(PYTEST_ARGS)
+
+# Hostile records on their own: every one dead-lettered with its reason, nothing crashes.
+fuzz: venv
+	$(PY) -m pytest -m fuzz $(PYTEST_ARGS)
+
+# Throughput of rides.py and transaction.py (both guarantees) next to raw kafka-python, in one run.
+bench: venv
+	$(PY) bench/pipeline.py $(ARGS)
 
 # Rides through a real broker, then everything the demo started is stopped.
 demo: venv
