@@ -88,12 +88,13 @@ def test_without_the_guard_the_trap_is_real(tmp_path):
 
 def test_without_part_two_of_the_guard_other_programs_break(tmp_path):
     # Why email.py imports Kafka, pydantic and common/ only when it runs as itself: an email.py that
-    # imports them unconditionally breaks every program whose first `import email` comes from within
-    # pydantic (here: the import of common.settings, as in rides.py), even with the first line in place.
+    # imports them unconditionally breaks every program whose first `import email` comes from within a
+    # library (here pydantic_settings, as pytest's plugin loading does through importlib.metadata), even
+    # with the first line in place: email.py would re-enter the library's half-finished import.
     shutil.copytree(ROOT / "common", tmp_path / "common", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "email.py").write_text("import common.stdlib_email  # noqa: F401\n"
                                        "from common.settings import ConsumerSettings  # noqa: F401\n")
-    result = run([sys.executable, "-c", "import common.settings"], cwd=tmp_path)
+    result = run([sys.executable, "-c", "import pydantic_settings"], cwd=tmp_path)
     assert result.returncode != 0
     assert "partially initialized module" in result.stderr
 
