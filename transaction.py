@@ -110,12 +110,19 @@ def trip_km(request: RideRequest) -> float:
 
 
 def confirm(request: RideRequest, now: datetime) -> RideConfirmed:
-    """The confirmed ride: a driver, the pickup ETA from the driver's distance, and the fare."""
+    """The confirmed ride: a driver, the pickup ETA from the driver's distance, and the fare.
+
+    Zones are the service's own, from the coordinates: a zone name typed by the client is not trusted
+    (downstream statistics group by it, and a hostile client could invent endless zones).
+    """
     driver_lat, driver_lon = driver_position(request.ride_id, request.pickup)
     to_pickup = city.distance_km(driver_lat, driver_lon, request.pickup.lat, request.pickup.lon)
     km = trip_km(request)
+    fields = request.model_dump()
+    for place in ("pickup", "dropoff"):
+        fields[place]["zone"] = city.zone_of(fields[place]["lat"], fields[place]["lon"])
     return RideConfirmed(
-        **request.model_dump(),
+        **fields,
         driver_id=assign_driver(request.ride_id),
         distance_km=round(km, 3),
         pickup_eta_minutes=pickup_eta_minutes(to_pickup),

@@ -168,3 +168,10 @@ def test_bad_flags_exit_2(flags):
     with pytest.raises(SystemExit) as e:
         transaction.main(["--bootstrap-servers", "localhost:1", *flags])
     assert e.value.code == 2
+
+
+def test_confirmed_zones_come_from_the_coordinates_not_from_the_client():
+    ride = rides.build_ride(random.Random(7), datetime(2026, 1, 1, tzinfo=timezone.utc))
+    forged = ride.model_copy(update={"pickup": ride.pickup.model_copy(update={"zone": "zone-made-up-by-client"})})
+    confirmed = transaction.confirm(forged, datetime(2026, 1, 1, 0, 1, tzinfo=timezone.utc))
+    assert confirmed.pickup.zone == city.zone_of(ride.pickup.lat, ride.pickup.lon) == ride.pickup.zone
