@@ -66,10 +66,13 @@ class Failed(Exception):
 
 
 class Stop(BaseException):
-    """SIGTERM to the demo itself: unwind like Ctrl-C so that `finally` stops everything."""
+    """Ctrl-C or SIGTERM to the demo: unwind so that the cleanup stops everything the demo started."""
 
 
-def _on_sigterm(signum, frame):
+def _on_stop_signal(signum, frame):
+    # Once only: a second Ctrl-C must not cut the cleanup short and leave a script or the broker running.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: say("already stopping everything the demo started; a moment"))
     raise Stop()
 
 
@@ -190,6 +193,9 @@ class Scripts:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # one stream per script, so its lines stay in order
+            # Out of the terminal's process group: Ctrl-C reaches the demo only, which then sends each
+            # script one SIGTERM (a second signal would make a script exit without its final commit).
+            start_new_session=True,
             text=True,
             errors="replace",
             bufsize=1,
@@ -411,7 +417,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps that.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_stop_signal)
     started = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
     topic_prefix = f"demo-{run_id}."
@@ -433,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as e:
         print(f"demo: error: `{' '.join(e.cmd)}` failed (exit {e.returncode})", file=sys.stderr, flush=True)
         return 1
-    except (KeyboardInterrupt, Stop):
+    except Stop:
         say("interrupted; everything the demo started is stopped")
         return 130
     say(f"OK in {time.monotonic() - started:.0f} s; everything the demo started is stopped. "
