@@ -1,0 +1,71 @@
+"""Scripts started before Kafka is up: one log line each, retries with backoff, then work when it appears.
+
+(Giving up after --wait, and a broker restart in mid-stream, are tested with each script and in the chaos
+test; this is the "start everything, then the broker" order people hit on their first try.)
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from common.broker import BrokerError, LocalBroker, check_java, free_port, resolve_libs
+from tests.integration.pipeline import Script, keys, read_all, unique_prefix, wait_until
+
+RIDES = 50
+WAITING = r"Kafka is not reachable at \S+ yet"
+
+
+@pytest.fixture
+def late_broker(tmp_path):
+    """A broker of this test's own, on a port chosen now and started only when the test says so."""
+    try:
+        check_java()
+        resolve_libs()
+    except BrokerError as e:
+        pytest.skip(f"local launcher unavailable: {e}")
+    broker = LocalBroker(data_dir=tmp_path / "kafka")
+    try:
+        yield broker, free_port()
+    finally:
+        broker.stop()
+
+
+def test_scripts_started_before_the_broker_wait_for_it_then_work(late_broker, tmp_path):
+    broker, port = late_broker
+    bootstrap = f"127.0.0.1:{port}"
+    prefix = unique_prefix("outage")
+    scripts = {
+        "transaction": Script("transaction.py", "--wait", "120", bootstrap=bootstrap, prefix=prefix, log_dir=tmp_path),
+        "email": Script("email.py", "--wait", "120", "--outbox", str(tmp_path / "outbox"), bootstrap=bootstrap,
+                        prefix=prefix, log_dir=tmp_path),
+        "analysis": Script("analysis.py", "--wait", "120", "--state", str(tmp_path / "analysis.db"),
+                           bootstrap=bootstrap, prefix=prefix, log_dir=tmp_path),
+        "rides": Script("rides.py", "--wait", "120", "--count", str(RIDES), "--seed", "3", bootstrap=bootstrap,
+                        prefix=prefix, log_dir=tmp_path),
+    }
+    try:
+        for script in scripts.values():
+            script.wait_for_log(WAITING, timeout=60)
+        broker.start(port=port)
+
+        scripts["rides"].wait(timeout=120)
+        wait_until(lambda: len(list((tmp_path / "outbox").glob("*.eml")))
+                   + len(read_all(bootstrap, prefix + "ride_rejected", quiet=0.5)) >= RIDES,
+                   timeout=120, what="every ride emailed or rejected")
+        for name in ("transaction", "email", "analysis"):
+            scripts[name].stop()
+    finally:
+        for script in scripts.values():
+            script.kill()
+
+    for name, script in scripts.items():
+        log = script.log()
+        # Said once, not once per retry; and no traceback anywhere.
+        assert len(re.findall(WAITING, log)) == 1, f"{name}:\n{log}"
+        assert "Traceback" not in log, f"{name}:\n{log}"
+    decided = Counter(keys(read_all(bootstrap, prefix + "ride_confirmed"))
+                      + keys(read_all(bootstrap, prefix + "ride_rejected")))
+    assert len(decided) == RIDES and max(decided.values()) == 1
