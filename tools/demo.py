@@ -423,17 +423,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
     topic_prefix = f"demo-{run_id}."
-    run_dir = Path(tempfile.mkdtemp(prefix=f"rides-demo-{run_id}-"))
-    say(f"run {run_id}: topics and consumer groups prefixed {topic_prefix!r}; outbox {run_dir / 'outbox'}")
+    run_dir = None
     try:
         with contextlib.ExitStack() as stack:
             bootstrap = acquire_broker(stack, args.bootstrap_servers)
+            run_dir = Path(tempfile.mkdtemp(prefix=f"rides-demo-{run_id}-"))  # kept: the emails are in it
+            say(f"run {run_id}: topics and consumer groups prefixed {topic_prefix!r}; outbox {run_dir / 'outbox'}")
             scripts = Scripts(bootstrap, topic_prefix)
             stack.callback(scripts.stop_all)  # runs before the broker stops: scripts first
             run_pipeline(scripts, bootstrap, run_dir, args.rides, args.rate)
     except Failed as e:
         print(f"demo: FAILED: {e}", file=sys.stderr, flush=True)
-        say(f"emails so far in {run_dir / 'outbox'}; everything the demo started is stopped")
+        say(f"emails so far in {run_dir}/outbox; everything the demo started is stopped")
         return 1
     except BrokerError as e:
         print(f"demo: error: {e}", file=sys.stderr, flush=True)
