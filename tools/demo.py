@@ -36,6 +36,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # email.py must not shadow the standard library's `email` package in this process.
 sys.path.append(str(PROJECT_ROOT))
 
+from kafka.errors import KafkaError  # noqa: E402
+
 from common.broker import BrokerError, LocalBroker, metadata_ok, port_is_free  # noqa: E402
 
 DEFAULT_HOST, DEFAULT_PORT = "localhost", 9092
@@ -292,6 +294,7 @@ class Progress:
 
     def poll(self) -> None:
         if not self._assigned and not self._assign():
+            time.sleep(0.5)
             return
         for tp, records in self.consumer.poll(timeout_ms=500).items():
             self.decided[tp.topic].update(r.key for r in records)
@@ -400,13 +403,12 @@ def run_pipeline(scripts: Scripts, bootstrap: str, run_dir: Path, rides: int, ra
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip("`"),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="tools/demo.py", description=__doc__.split("\n\n")[0].replace("`", ""))
     p.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]",
                    help="use this Kafka cluster and start no broker (default: localhost:9092 if it answers, "
                         "else one the demo starts)")
-    p.add_argument("--rides", type=int, default=200, metavar="N", help="rides to produce")
-    p.add_argument("--rate", type=float, default=40, metavar="R", help="rides per second")
+    p.add_argument("--rides", type=int, default=200, metavar="N", help="rides to produce (default: 200)")
+    p.add_argument("--rate", type=float, default=40, metavar="R", help="rides per second (default: 40)")
     args = p.parse_args(argv)
     if args.rides < 1:
         p.error("--rides must be at least 1")
@@ -441,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except subprocess.CalledProcessError as e:
         print(f"demo: error: `{' '.join(e.cmd)}` failed (exit {e.returncode})", file=sys.stderr, flush=True)
+        return 1
+    except KafkaError as e:  # the demo's own look at the topics; the scripts report their errors themselves
+        print(f"demo: error: reading the topics failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         return 1
     except Stop:
         say("interrupted; everything the demo started is stopped")
