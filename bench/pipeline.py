@@ -1,0 +1,531 @@
+"""`make bench`: rides.py's produce rate and transaction.py's confirm rate (both guarantees), next to raw
+kafka-python producer and consumer rates for records of the same size, and the ratios, in one run.
+
+    .venv/bin/python bench/pipeline.py [--rides N] [--seed S] [--bootstrap-servers HOST:PORT] [--json]
+
+Without --bootstrap-servers it starts its own broker (common.broker.LocalBroker) in a temporary folder on
+a free port, and stops it at the end. Every figure comes from its own fresh topics. The table goes to
+stdout (or JSON with --json), progress to stderr; any failure is one line and a non-zero exit.
+
+How each figure is taken, so that none includes Python or JVM start-up:
+- raw producer: common.clients.producer (the very settings rides.py uses) sends N pre-serialized
+  RideRequests asynchronously, then one flush; timed from the first send to the end of the flush.
+- raw consumer: a plain KafkaConsumer (no group, no deserializer, no processing) reads them back; timed
+  from the first non-empty poll to the N-th record.
+- rides.py: the rate of its own summary line (first send to last ack), two runs (the inputs of the two
+  transaction.py runs).
+- transaction.py: watched from outside through its group's committed offsets on ride_details, which
+  advance only once a batch's outcomes are published (at-least-once: flushed; exactly-once: in the same
+  transaction); timed from the first committed batch to the N-th ride, so start-up and group join are out.
+  Not through the output topics' ends: a read_committed consumer's end_offsets() is the last stable
+  offset, but in exactly-once mode every transaction also writes a commit marker per partition, which
+  takes an offset, so output offsets overcount records. Afterwards the outputs are read in full
+  (read_committed) to check each ride's outcome is there exactly once, as is transaction.py's summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# `python bench/pipeline.py` puts bench/ on the path, not the project. Appended, not prepended: the
+# project's email.py must not shadow the standard library's `email` package in this process.
+sys.path.append(str(PROJECT_ROOT))
+
+DEFAULT_RIDES = 50_000  # about a minute on 2 cores, broker start included; runs of seconds, not blips
+DEFAULT_SEED = 7
+POLL_INTERVAL = 0.05  # how often the committed offsets are sampled: well under 1 % of a run of seconds
+STALL_TIMEOUT = 60.0  # no progress for this long means something is wrong, not slow
+AT_LEAST_ONCE, EXACTLY_ONCE = "at-least-once", "exactly-once"
+
+
+# ------------------------------------------------------------------------------- figures (pure)
+
+
+def rate(count: float, seconds: float) -> float:
+    """Per second; 0 when nothing was timed (a count reached within one sample)."""
+    return count / seconds if seconds > 0 else 0.0
+
+
+def rate_between(first: tuple[float, int], last: tuple[float, int]) -> float:
+    """Rate between two (time, count) samples. Counting from the first sample, not from zero, keeps the
+    work done before the clock started (the first batch) out of the numerator."""
+    (t0, c0), (t1, c1) = first, last
+    return rate(c1 - c0, t1 - t0)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return numerator / denominator
+
+
+def megabytes_per_s(records_per_s: float, record_bytes: float) -> float:
+    return records_per_s * record_bytes / 1e6
+
+
+@dataclass
+class Figure:
+    name: str
+    records_per_s: float
+    mb_per_s: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Report:
+    rides: int
+    record_bytes: float  # mean key + value size of a ride request
+    machine: dict[str, str]
+    figures: list[Figure] = field(default_factory=list)
+    ratios: list[tuple[str, float | None]] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    def figure(self, name: str) -> float | None:
+        return next((f.records_per_s for f in self.figures if f.name == name), None)
+
+
+RAW_PRODUCER = "raw kafka-python producer"
+RIDES = "rides.py"
+RAW_CONSUMER = "raw kafka-python consumer"
+TX_ALO = "transaction.py at-least-once"
+TX_EOS = "transaction.py exactly-once"
+
+
+def compute_ratios(report: Report) -> list[tuple[str, float | None]]:
+    f = report.figure
+    return [
+        (f"{RIDES} / raw producer", ratio(f(RIDES), f(RAW_PRODUCER))),
+        ("transaction.py at-least-once / raw consumer", ratio(f(TX_ALO), f(RAW_CONSUMER))),
+        ("transaction.py exactly-once / raw consumer", ratio(f(TX_EOS), f(RAW_CONSUMER))),
+        ("exactly-once / at-least-once (the price of exactly-once)", ratio(f(TX_EOS), f(TX_ALO))),
+    ]
+
+
+def _thousands(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def format_ratio(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.2f}"
+
+
+def format_table(report: Report) -> str:
+    """The human-readable report: machine, one row per figure, the ratios, the checks."""
+    m = report.machine
+    lines = [
+        f"Ride pipeline benchmark: {report.rides:,} rides of {report.record_bytes:.0f} B (key + value)",
+        f"machine: {m['cores']} cores, {m['platform']}, Python {m['python']}, kafka-python {m['kafka_python']}, "
+        f"Kafka {m['kafka']}; kafka-python's CRC32C: {m['crc32c']}",
+        f"load average (1 min): {m['load_before']} before, {m['load_after']} after; wall time "
+        f"{report.wall_seconds:.0f} s",
+        "",
+    ]
+    name_w = max(len(f.name) for f in report.figures) if report.figures else 10
+    lines.append(f"{'':{name_w}}  {'records/s':>10}  {'MB/s':>6}")
+    notes = []
+    for f in report.figures:
+        mb = f"{f.mb_per_s:.1f}" if f.mb_per_s is not None else ""
+        mark = ""
+        if f.note:
+            if f.note not in notes:  # one footnote for figures timed alike
+                notes.append(f.note)
+            mark = f"({notes.index(f.note) + 1})"
+        lines.append(f"{f.name:{name_w}}  {_thousands(f.records_per_s):>10}  {mb:>6}  {mark}".rstrip())
+    lines.append("")
+    ratio_w = max(len(n) for n, _ in report.ratios) if report.ratios else 10
+    lines.append("ratios")
+    for name, r in report.ratios:
+        lines.append(f"  {name:{ratio_w}}  {format_ratio(r):>5}")
+    if notes:
+        lines.append("")
+        lines.extend(f"({i}) {note}" for i, note in enumerate(notes, 1))
+    if report.checks:
+        lines.append("")
+        lines.extend(f"check: {c}" for c in report.checks)
+    return "\n".join(lines)
+
+
+def to_json(report: Report) -> str:
+    data = asdict(report)
+    data["ratios"] = {name: r for name, r in report.ratios}
+    return json.dumps(data, indent=2)
+
+
+# ------------------------------------------------------------------------------- the runs
+
+
+class BenchError(Exception):
+    """A run that cannot be trusted (counts that do not reconcile, a script that failed): one line."""
+
+
+class Stopped(Exception):
+    """SIGTERM: stop like Ctrl-C, through every finally block."""
+
+
+def progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def ride_records(n: int, seed: int) -> list[tuple[bytes, bytes]]:
+    """N (key, value) pairs exactly as rides.py sends them for this seed, serialized before any timing."""
+    import rides
+    from common import schemas
+
+    rng = random.Random(seed)
+    now = datetime.now(timezone.utc)
+    out = []
+    for _ in range(n):
+        ride = rides.build_ride(rng, now)
+        out.append((schemas.ride_key(ride.ride_id), schemas.encode(ride)))
+    return out
+
+
+def create_topics(bootstrap: str, prefix: str) -> None:
+    """The pipeline's topics under a fresh prefix, with the pipeline's partition counts."""
+    from common import clients, topics
+    from common.settings import Settings
+
+    admin = clients.admin(Settings(bootstrap_servers=bootstrap, topic_prefix=prefix))
+    try:
+        topics.ensure_topics(admin, Settings(bootstrap_servers=bootstrap, topic_prefix=prefix))
+    finally:
+        admin.close()
+
+
+def raw_produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
+    """Seconds from the first send to the end of one flush, every record acknowledged."""
+    from common import clients
+    from common.settings import Settings
+
+    producer = clients.producer(Settings(bootstrap_servers=bootstrap), "bench-raw-producer")
+    try:
+        started = time.perf_counter()
+        futures = [producer.send(topic, key=k, value=v) for k, v in records]
+        producer.flush(timeout=120)
+        seconds = time.perf_counter() - started
+        failed = [f for f in futures if not f.succeeded()]
+        if failed:
+            raise BenchError(f"raw producer: {len(failed)} of {len(records)} records not acknowledged "
+                             f"(first: {failed[0].exception!r})")
+        return seconds
+    finally:
+        producer.close()
+
+
+def raw_consume(bootstrap: str, topic: str, n: int) -> float:
+    """Rate of a plain consumer reading N records from the beginning: from the first non-empty poll."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             client_id="bench-raw-consumer")
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        count, first = 0, None
+        deadline = time.monotonic() + STALL_TIMEOUT
+        while count < n:
+            batch = consumer.poll(timeout_ms=500)
+            got = sum(len(rs) for rs in batch.values())
+            if got:
+                count += got
+                if first is None:
+                    first = (time.perf_counter(), count)
+                deadline = time.monotonic() + STALL_TIMEOUT
+            elif time.monotonic() > deadline:
+                raise BenchError(f"raw consumer: {count} of {n} records read, then nothing for {STALL_TIMEOUT:.0f} s")
+        if count != n:
+            raise BenchError(f"raw consumer: read {count} records, {n} were produced")
+        return rate_between(first, (time.perf_counter(), count))
+    finally:
+        consumer.close()
+
+
+def run_rides(bootstrap: str, prefix: str, n: int, seed: int, log_dir: Path, scripts: list) -> float:
+    """rides.py --count N into this prefix; returns the rate of its summary line."""
+    from tests.integration.pipeline import Script, parse_summary
+
+    script = Script("rides.py", "--count", str(n), "--seed", str(seed), bootstrap=bootstrap, prefix=prefix,
+                    log_dir=log_dir)
+    scripts.append(script)
+    code = script.wait(timeout=300, expect=None)
+    if code != 0:
+        raise BenchError(f"rides.py exited {code}: {_last_line(script.log())}")
+    summary = _summary(script, parse_summary)
+    if summary.get("acknowledged") != n or summary.get("failed") != 0:
+        raise BenchError(f"rides.py: acknowledged={summary.get('acknowledged')} failed={summary.get('failed')}, "
+                         f"expected {n} and 0")
+    return float(summary["rate"])
+
+
+def committed_total(admin, group: str, topic: str) -> int:
+    """Rides of `topic` whose offsets group has committed (ride_details has no transaction markers:
+    rides.py's producer is idempotent, not transactional, so offsets count records)."""
+    from kafka.errors import KafkaError
+
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    except KafkaError as e:
+        if e.retriable:  # no coordinator yet: the group (or __consumer_offsets itself) is being created
+            return 0
+        raise
+    return sum(o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset > 0)
+
+
+def run_transaction(bootstrap: str, prefix: str, guarantee: str, n: int, log_dir: Path,
+                    scripts: list) -> tuple[float, dict]:
+    """transaction.py over N pre-produced rides; returns (confirm rate, its summary line)."""
+    from common import clients, topics
+    from common.settings import Settings
+    from tests.integration.pipeline import Script, parse_summary
+
+    group = f"{prefix}transaction"
+    source = prefix + topics.RIDE_DETAILS
+    admin = clients.admin(Settings(bootstrap_servers=bootstrap))
+    try:
+        script = Script("transaction.py", "--guarantee", guarantee, bootstrap=bootstrap, prefix=prefix,
+                        group_id=group, log_dir=log_dir)
+        scripts.append(script)
+        first = last = None
+        deadline = time.monotonic() + STALL_TIMEOUT * 2  # start-up and group join included
+        while True:
+            if not script.running:
+                raise BenchError(f"transaction.py ({guarantee}) exited {script.process.returncode}: "
+                                 f"{_last_line(script.log())}")
+            done = committed_total(admin, group, source)
+            now = time.perf_counter()
+            if done and first is None:
+                first = (now, done)
+            if last is None or done > last[1]:
+                deadline = time.monotonic() + STALL_TIMEOUT
+            last = (now, done)
+            if done >= n:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"transaction.py ({guarantee}): {done} of {n} rides committed, then no progress")
+            time.sleep(POLL_INTERVAL)
+    finally:
+        admin.close()
+    if done != n:
+        raise BenchError(f"transaction.py ({guarantee}): {done} offsets committed for {n} rides")
+    try:
+        script.stop(expect=0)
+    except AssertionError as e:
+        raise BenchError(f"transaction.py ({guarantee}) did not stop cleanly on SIGTERM: {str(e).splitlines()[0]}") \
+            from None
+    return rate_between(first, last), _summary(script, parse_summary)
+
+
+def read_outcomes(bootstrap: str, topic_names: list[str]) -> list[bytes]:
+    """Every key in these topics as read_committed readers see them: read to each partition's end.
+
+    With read_committed, end_offsets() answers the last stable offset (the ListOffsets request carries the
+    isolation level), and the position moves past the transactions' commit markers, so "position == end"
+    is "everything read"."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             isolation_level="read_committed", client_id="bench-reader")
+    try:
+        tps = [TopicPartition(t, p) for t in topic_names for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        keys: list[bytes] = []
+        deadline = time.monotonic() + STALL_TIMEOUT
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            for rs in consumer.poll(timeout_ms=500).values():
+                keys.extend(r.key for r in rs)
+            if time.monotonic() > deadline:
+                raise BenchError(f"could not read {', '.join(topic_names)} to their end within {STALL_TIMEOUT:.0f} s")
+        return keys
+    finally:
+        consumer.close()
+
+
+def reconcile(bootstrap: str, prefix: str, guarantee: str, n: int, summary: dict, expected: set[bytes]) -> str:
+    """Every ride's outcome exactly once, by the script's own count and by what readers see."""
+    from common import topics
+
+    counted = int(summary.get("confirmed", 0)) + int(summary.get("rejected", 0))
+    if counted != n or summary.get("dead_lettered") != 0 or summary.get("aborted") != 0:
+        raise BenchError(f"transaction.py ({guarantee}) summary does not reconcile with {n} rides: "
+                         f"confirmed={summary.get('confirmed')} rejected={summary.get('rejected')} "
+                         f"dead_lettered={summary.get('dead_lettered')} aborted={summary.get('aborted')}")
+    keys = read_outcomes(bootstrap, [prefix + topics.RIDE_CONFIRMED, prefix + topics.RIDE_REJECTED])
+    if len(keys) != n or set(keys) != expected:
+        raise BenchError(f"transaction.py ({guarantee}): readers see {len(keys)} outcomes for {len(set(keys))} "
+                         f"distinct rides; expected each of the {n} rides once")
+    return (f"{guarantee}: {summary['confirmed']:,} confirmed + {summary['rejected']:,} rejected = {n:,}, "
+            f"each ride once")
+
+
+def _summary(script, parse_summary: Callable[[str], dict]) -> dict:
+    try:
+        return parse_summary(script.log())
+    except AssertionError:
+        raise BenchError(f"{script.name} logged no summary line: {_last_line(script.log())}") from None
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def crc32c_implementation() -> str:
+    """kafka-python checks (consumer) and computes (producer) a CRC32C over every record batch; without
+    the optional `crc32c` package it does so in pure Python, which alone changes every figure here."""
+    from kafka.record import util
+
+    return "pure Python" if util._crc32c.__module__ == "kafka.record._crc32c" else "C extension (crc32c)"
+
+
+def machine(kafka_version: str) -> dict[str, str]:
+    import kafka
+
+    return {
+        "crc32c": crc32c_implementation(),
+        "cores": str(os.cpu_count()),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "kafka_python": kafka.__version__,
+        "kafka": kafka_version,
+        "load_before": f"{os.getloadavg()[0]:.2f}",
+        "load_after": "",
+    }
+
+
+# ------------------------------------------------------------------------------- the script
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--rides", type=int, default=DEFAULT_RIDES, metavar="N", help="rides per figure")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="rides.py --seed (same rides in every run)")
+    p.add_argument("--bootstrap-servers", metavar="HOST:PORT",
+                   help="use this cluster instead of starting a local broker (default: start one)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
+    args = p.parse_args(argv)
+    if args.rides < 1000:
+        p.error("--rides: at least 1000, or the timings are mostly noise")
+    return args
+
+
+def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path, scripts: list) -> Report:
+    from common import topics
+
+    started = time.monotonic()
+    records = ride_records(n, seed)
+    record_bytes = sum(len(k) + len(v) for k, v in records) / n
+    report = Report(rides=n, record_bytes=record_bytes, machine=machine(kafka_version))
+    run_id = f"bench-{os.getpid()}-{int(time.time())}"
+
+    # A warm-up, untimed: the broker's JIT, and its first segments and log cleaner threads, would
+    # otherwise all be charged to whichever figure happens to come first.
+    progress(f"warm-up: {n // 4:,} records")
+    create_topics(bootstrap, f"{run_id}-warm.")
+    raw_produce(bootstrap, f"{run_id}-warm.{topics.RIDE_DETAILS}", records[: n // 4])
+    raw_consume(bootstrap, f"{run_id}-warm.{topics.RIDE_DETAILS}", n // 4)
+
+    progress(f"raw producer: {n:,} records")
+    raw_prefix = f"{run_id}-raw."
+    create_topics(bootstrap, raw_prefix)
+    seconds = raw_produce(bootstrap, raw_prefix + topics.RIDE_DETAILS, records)
+    producer_rate = rate(n, seconds)
+    report.figures.append(Figure(RAW_PRODUCER, producer_rate, megabytes_per_s(producer_rate, record_bytes),
+                                 "common.clients.producer (acks=all, idempotent, linger 10 ms), "
+                                 "pre-serialized rides, async send + one flush"))
+
+    progress(f"raw consumer: {n:,} records")
+    consumer_rate = raw_consume(bootstrap, raw_prefix + topics.RIDE_DETAILS, n)
+    raw_consumer = Figure(RAW_CONSUMER, consumer_rate, megabytes_per_s(consumer_rate, record_bytes),
+                          "plain KafkaConsumer, no group, no processing; first poll to N-th record")
+
+    expected = {k for k, _ in records}
+    rides_rates, tx = [], {}
+    for guarantee in (AT_LEAST_ONCE, EXACTLY_ONCE):
+        prefix = f"{run_id}-{'alo' if guarantee == AT_LEAST_ONCE else 'eos'}."
+        progress(f"rides.py --count {n:,} --seed {seed} --topic-prefix {prefix}")
+        rides_rates.append(run_rides(bootstrap, prefix, n, seed, work_dir, scripts))
+        progress(f"transaction.py --guarantee {guarantee} over those {n:,} rides")
+        tx_rate, summary = run_transaction(bootstrap, prefix, guarantee, n, work_dir, scripts)
+        report.checks.append(reconcile(bootstrap, prefix, guarantee, n, summary, expected))
+        tx[guarantee] = tx_rate
+
+    mean_rides = sum(rides_rates) / len(rides_rates)
+    report.figures.append(Figure(RIDES, mean_rides, megabytes_per_s(mean_rides, record_bytes),
+                                 "its summary line: first send to last ack, no Python start-up; mean of 2 runs ("
+                                 + " / ".join(_thousands(r) for r in rides_rates) + ")"))
+    report.figures.append(raw_consumer)
+    for guarantee, name in ((AT_LEAST_ONCE, TX_ALO), (EXACTLY_ONCE, TX_EOS)):
+        report.figures.append(Figure(name, tx[guarantee], None,
+                                     "first committed batch to all N committed (no start-up, no group join)"))
+    report.ratios = compute_ratios(report)
+    report.machine["load_after"] = f"{os.getloadavg()[0]:.2f}"
+    report.wall_seconds = time.monotonic() - started
+    return report
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    from common.broker import KAFKA_VERSION, BrokerError, LocalBroker
+
+    scripts: list = []  # every subprocess started, killed (by pid) in finally if still running
+    broker = None
+    wall = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            work_dir = Path(tmp)
+            try:
+                if args.bootstrap_servers:
+                    bootstrap, kafka_version = args.bootstrap_servers, "(existing cluster)"
+                else:
+                    progress("starting a local Kafka broker")
+                    broker = LocalBroker(data_dir=work_dir / "kafka")
+                    bootstrap = broker.start(port=0, fresh=True)
+                    kafka_version = KAFKA_VERSION
+                    progress(f"broker ready at {bootstrap}")
+                report = bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, scripts)
+            finally:
+                for script in scripts:
+                    script.kill()
+                if broker is not None:
+                    progress("stopping the broker")
+                    broker.stop()
+    except (KeyboardInterrupt, Stopped):
+        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    except (BenchError, BrokerError) as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a Kafka error, say: still one line, never a traceback wall
+        text = str(e) if str(e).startswith(type(e).__name__) else f"{type(e).__name__}: {e}"
+        print(f"bench: error: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
+        return 1
+    report.wall_seconds = time.monotonic() - wall
+    print(to_json(report) if args.json else format_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
