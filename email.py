@@ -402,11 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, sqlite3.Error) as e:
         raise cli.Fatal(f"cannot open the ledger {settings.ledger_path}: {e}") from None
 
-    admin = clients.connect(settings, shutdown, lambda: clients.admin(settings), "admin")
-    try:
-        topics.ensure_topics(admin, settings, [topics.RIDE_CONFIRMED, topics.dead_letter_topic(topics.RIDE_CONFIRMED)])
-    finally:
-        admin.close()
+    clients.ensure_topics(settings, shutdown, [topics.RIDE_CONFIRMED, topics.dead_letter_topic(topics.RIDE_CONFIRMED)])
     producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "email-dead-letters"),
                                "dead-letter producer")
     try:

@@ -152,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**32)
 
     shutdown = Shutdown.on_signals()
-    admin = clients.connect(settings, shutdown, lambda: clients.admin(settings), "admin client")
-    try:
-        topics.ensure_topics(admin, settings)
-    finally:
-        admin.close()
+    clients.ensure_topics(settings, shutdown)
     producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "rides"), "producer")
     topic = settings.topic(topics.RIDE_DETAILS)
     log.info("producing rides to %s: count=%s rate=%s seed=%d", topic, settings.count or "unlimited",

@@ -378,11 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = cli.load(TransactionSettings, p, argv)
 
     shutdown = Shutdown.on_signals()
-    admin = clients.connect(settings, shutdown, lambda: clients.admin(settings), "admin client")
-    try:
-        topics.ensure_topics(admin, settings)
-    finally:
-        admin.close()
+    clients.ensure_topics(settings, shutdown)
     pipeline = Pipeline(settings, shutdown)
     log.info("confirming rides from %s in group %s, %s%s", settings.topic(topics.RIDE_DETAILS),
              settings.group_id, settings.guarantee,

@@ -11,6 +11,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
+from common import topics
 from common.cli import Fatal, Interrupted
 from common.settings import ConsumerSettings, Settings
 from common.shutdown import Shutdown
@@ -111,3 +112,12 @@ def connect(settings: Settings, shutdown: Shutdown, make: Callable[[], T], what:
             if shutdown.sleep(min(delay, remaining)):
                 raise Interrupted() from None
             delay = min(delay * 2, 5.0)
+
+
+def ensure_topics(settings: Settings, shutdown: Shutdown, names: list[str] | None = None) -> None:
+    """A script's first step: wait for Kafka (as connect() does), then create the topics still missing."""
+    admin_client = connect(settings, shutdown, lambda: admin(settings), "admin client")
+    try:
+        topics.ensure_topics(admin_client, settings, names)
+    finally:
+        admin_client.close()
