@@ -18,6 +18,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError
 
 from common.broker import BrokerError, LocalBroker, check_java, metadata_ok, port_is_free, resolve_libs
+from tests.unit.test_broker_cli import one_line_failure
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -258,17 +259,6 @@ def test_cli_restart_on_same_data_dir_reuses_the_port(launcher_available, tmp_pa
 # --------------------------------------------------------------------------- failures needing a JVM
 
 
-def _assert_one_line_failure(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("common.broker: error:")]
-    assert len(errors) == 1, proc.stderr
-    assert "Fix:" in errors[0]
-    for needle in needles:
-        assert needle in errors[0]
-    return errors[0]
-
-
 def _run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "common.broker", *args],
@@ -285,7 +275,7 @@ def test_port_in_use_is_one_line(launcher_available, tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         proc = _run_cli("--port", str(port), "--data-dir", str(tmp_path / "data"))
-    _assert_one_line_failure(proc, f"port {port} is already in use", "--port 0")
+    one_line_failure(proc, f"port {port} is already in use", "--port 0")
 
 
 def test_broker_dying_while_starting_quotes_its_log(launcher_available, tmp_path):
@@ -293,7 +283,7 @@ def test_broker_dying_while_starting_quotes_its_log(launcher_available, tmp_path
     data.mkdir()
     (data / "meta.properties").write_text("version=7\n")  # a data dir Kafka cannot read
     proc = _run_cli("--port", "0", "--data-dir", str(data))
-    line = _assert_one_line_failure(proc, "died while starting", "meta.properties")
+    line = one_line_failure(proc, "died while starting", "meta.properties")
     assert "--fresh" in line
     pid = int((data / "broker.pid").read_text())
     assert not _alive(pid)

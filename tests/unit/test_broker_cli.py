@@ -30,7 +30,8 @@ def _run(*args: str, path: str, extra_env: dict | None = None, timeout: float = 
     )
 
 
-def _one_line_failure(proc: subprocess.CompletedProcess, *needles: str) -> str:
+def one_line_failure(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Assert a launcher failure: non-zero, no traceback, one `error:` line with a Fix naming each needle."""
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("common.broker: error:")]
@@ -62,13 +63,13 @@ def test_help_works_without_java_or_kafka(tmp_path):
 
 def test_no_java(tmp_path):
     proc = _run("--port", "0", "--data-dir", str(tmp_path / "d"), path=str(_bin_with(tmp_path)))
-    _one_line_failure(proc, "no Java found", "JDK 17")
+    one_line_failure(proc, "no Java found", "JDK 17")
 
 
 def test_java_older_than_17(tmp_path):
     old_java = '#!/bin/sh\necho \'openjdk version "11.0.22" 2024-01-16\' >&2\n'
     proc = _run("--port", "0", "--data-dir", str(tmp_path / "d"), path=str(_bin_with(tmp_path, java=old_java)))
-    _one_line_failure(proc, "Java 11 found", "needs Java 17+")
+    one_line_failure(proc, "Java 11 found", "needs Java 17+")
 
 
 def test_java_8_version_string(tmp_path):
@@ -89,7 +90,7 @@ def test_neither_maven_nor_kafka_home(tmp_path, real_java):
         "--port", "0", "--data-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "empty-cache"),
         path=str(_bin_with(tmp_path, java=real_java)),
     )  # fmt: skip
-    _one_line_failure(proc, "neither Maven nor KAFKA_HOME", "KAFKA_HOME")
+    one_line_failure(proc, "neither Maven nor KAFKA_HOME", "KAFKA_HOME")
 
 
 def test_kafka_home_without_jars(tmp_path, real_java):
@@ -98,7 +99,7 @@ def test_kafka_home_without_jars(tmp_path, real_java):
         path=str(_bin_with(tmp_path, java=real_java)),
         extra_env={"KAFKA_HOME": str(tmp_path / "not-kafka")},
     )  # fmt: skip
-    _one_line_failure(proc, "has no libs/kafka_2.13-", "KAFKA_HOME")
+    one_line_failure(proc, "has no libs/kafka_2.13-", "KAFKA_HOME")
 
 
 def test_jars_cannot_be_resolved_offline(tmp_path, real_java):
@@ -114,7 +115,7 @@ def test_jars_cannot_be_resolved_offline(tmp_path, real_java):
         path=str(_bin_with(tmp_path, java=real_java, mvn=mvn)),
         extra_env={"MAVEN_OPTS": f"-Duser.home={home}", "HOME": str(home)},
     )  # fmt: skip
-    _one_line_failure(proc, "Maven could not resolve the Kafka", "offline", "KAFKA_HOME")
+    one_line_failure(proc, "Maven could not resolve the Kafka", "offline", "KAFKA_HOME")
     assert not (tmp_path / "cache" / ".resolved").exists(), "a failed resolution must not be marked done"
 
 
