@@ -103,7 +103,7 @@ def render(ride: "schemas.RideConfirmed", sender: str = DEFAULT_FROM) -> EmailMe
         f"your ride is confirmed.\n"
         f"\n"
         f"  Driver:     {ride.driver_id}\n"
-        f"  Pickup in:  about {eta} min ({ride.pickup_eta_minutes:.1f} min)\n"
+        f"  Pickup in:  about {eta} min\n"
         f"  Pickup:     {ride.pickup.zone} ({ride.pickup.lat:.5f}, {ride.pickup.lon:.5f})\n"
         f"  Drop-off:   {ride.dropoff.zone} ({ride.dropoff.lat:.5f}, {ride.dropoff.lon:.5f})\n"
         f"  Distance:   {ride.distance_km:.1f} km\n"

@@ -114,8 +114,15 @@ def test_the_email_has_subject_from_to_date_and_a_message_id_derived_from_the_ri
 
 def test_the_body_names_driver_eta_fare_and_both_zones():
     body = em.render(ride()).get_content()
-    for expected in ("drv-007", "about 7 min", "6.6 min", "14.80 EUR", "Mitte", "Kreuzberg", "3.4 km", str(RIDE_ID)):
+    for expected in ("drv-007", "about 7 min", "14.80 EUR", "Mitte", "Kreuzberg", "3.4 km", str(RIDE_ID)):
         assert expected in body
+
+
+def test_a_driver_already_there_is_about_a_minute_away_not_zero():
+    message = em.render(ride(pickup_eta_minutes=0.0))
+    assert "about 1 min" in message["Subject"]
+    assert "Pickup in:  about 1 min\n" in message.get_content()
+    assert "0.0 min" not in message.get_content()
 
 
 def test_a_resend_is_byte_for_byte_the_same_email():
