@@ -7,6 +7,7 @@ test; this is the "start everything, then the broker" order people hit on their 
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 
 import pytest
@@ -69,3 +70,39 @@ def test_scripts_started_before_the_broker_wait_for_it_then_work(late_broker, tm
     decided = Counter(keys(read_all(bootstrap, prefix + "ride_confirmed"))
                       + keys(read_all(bootstrap, prefix + "ride_rejected")))
     assert len(decided) == RIDES and max(decided.values()) == 1
+
+
+def test_sigterm_while_the_broker_is_down_stops_within_10_s_and_loses_nothing(late_broker, tmp_path):
+    broker, port = late_broker
+    bootstrap = broker.start(port=port)
+    prefix = unique_prefix("down")
+    rides = Script("rides.py", "--count", "1500", "--rate", "100", "--seed", "5", bootstrap=bootstrap, prefix=prefix,
+                   log_dir=tmp_path)
+    tx = Script("transaction.py", bootstrap=bootstrap, prefix=prefix, log_dir=tmp_path)
+    try:
+        wait_until(lambda: len(read_all(bootstrap, prefix + "ride_confirmed", quiet=0.3)) >= 200, timeout=60,
+                   what="transaction.py confirming")
+        broker.stop()
+        started = time.monotonic()
+        code = tx.stop(timeout=10, expect=None)  # fails the test unless it exits within 10 s
+        log = tx.log()
+        assert "Traceback" not in log, log
+        if code != 0:  # it could not commit: it says so in one line, and exits 1
+            assert code == 1 and len(re.findall(r"exiting without the final commit", log)) == 1, log
+        assert time.monotonic() - started < 10
+
+        broker.start(port=port)  # the same address and data: rides.py was retrying meanwhile
+        with Script("transaction.py", bootstrap=bootstrap, prefix=prefix, log_dir=tmp_path) as again:
+            rides.wait(timeout=120)
+            requested = set(keys(read_all(bootstrap, prefix + "ride_details")))
+            wait_until(lambda: set(keys(read_all(bootstrap, prefix + "ride_confirmed", quiet=0.5)))
+                       | set(keys(read_all(bootstrap, prefix + "ride_rejected", quiet=0.5))) >= requested,
+                       timeout=120, what="every ride decided after the restart")
+            again.stop()
+    finally:
+        rides.kill()
+        tx.kill()
+
+    decided = Counter(keys(read_all(bootstrap, prefix + "ride_confirmed"))
+                      + keys(read_all(bootstrap, prefix + "ride_rejected")))
+    assert set(decided) == requested and max(decided.values()) == 1
