@@ -117,6 +117,21 @@ def fold(stats: Stats, ride: schemas.RideConfirmed) -> Stats:
     return stats
 
 
+# Rides per minute are kept for the last day only (the most --minutes can show): a state file that ran
+# for weeks would otherwise carry, and rewrite on every save, one bucket per minute since it started.
+RETAINED_MINUTES = 1440
+
+
+def prune(stats: Stats, keep: int = RETAINED_MINUTES) -> Stats:
+    """Drop the per-minute buckets older than the newest `keep` minutes (in place). Called once per batch,
+    before saving: fold() stays order-independent, and every saved state holds exactly that window."""
+    if stats.minutes:
+        newest = datetime.strptime(max(stats.minutes), "%Y-%m-%d %H:%M")
+        cutoff = (newest - timedelta(minutes=keep - 1)).strftime("%Y-%m-%d %H:%M")
+        stats.minutes = {m: n for m, n in stats.minutes.items() if m >= cutoff}
+    return stats
+
+
 def _printable(text: str, width: int) -> str:
     """A zone name as one table cell: zone names are free text, and a newline would break the table."""
     return "".join(c if c.isprintable() else "?" for c in text[:width])
@@ -338,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise cli.Fatal(f"{len(failed)} dead letters could not be stored ({failed[0]}); stopping "
                                     f"without saving: the batch is read again when analysis.py runs again")
                 offsets = advance(saved, records)
-                state.save(stats, offsets)
+                state.save(prune(stats), offsets)
                 saved.update(offsets)
                 consume.commit(consumer, records)  # for lag monitoring only: the state file is the truth
             if time.monotonic() >= next_print:

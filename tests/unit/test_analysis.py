@@ -216,3 +216,22 @@ def test_a_replay_of_everything_folds_nothing_twice(tmp_path):
             analysis.fold(stats, rides[r.offset])
         saved.update(analysis.advance(saved, batch))
     assert stats == fold_all(rides)
+
+
+def test_pruning_keeps_exactly_the_last_day_of_minutes_whatever_the_order():
+    # Three days of rides, one every 7 minutes, folded in a shuffled order and pruned after every "batch".
+    rides = [ride(at=T0 + timedelta(minutes=7 * i)) for i in range(3 * 24 * 60 // 7)]
+    newest = max(r.confirmed_at for r in rides)
+    expected = {}
+    for r in rides:
+        if r.confirmed_at > newest - timedelta(minutes=analysis.RETAINED_MINUTES):
+            expected[analysis.minute_of(r)] = expected.get(analysis.minute_of(r), 0) + 1
+    random.Random(1).shuffle(rides)
+    stats = analysis.Stats()
+    for start in range(0, len(rides), 50):
+        for r in rides[start:start + 50]:
+            analysis.fold(stats, r)
+        analysis.prune(stats)
+    assert stats.minutes == expected
+    assert 200 < sum(expected.values()) < 210  # the last 1,440 minutes: 205 or 206 rides at one per 7 min
+    assert stats.all.rides == len(rides)  # totals are never pruned
