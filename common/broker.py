@@ -499,6 +499,16 @@ def metadata_ok(bootstrap_servers: str, timeout_ms: int = 3000) -> bool:
         admin.close()
 
 
+def wait_until_ready(bootstrap_servers: str, timeout: float, interval: float = 0.5) -> bool:
+    """Poll metadata_ok() until it holds (True) or `timeout` seconds have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while not metadata_ok(bootstrap_servers):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 def _new_cluster_id() -> str:
     # Like Kafka's Uuid.randomUuid(): never starting with "-", which the storage tool would take for an option.
     while True:

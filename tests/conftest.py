@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from common.broker import KAFKA_VERSION, BrokerError, LocalBroker, free_port, metadata_ok
+from common.broker import KAFKA_VERSION, BrokerError, LocalBroker, free_port, wait_until_ready
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 KAFKA_IMAGE = f"apache/kafka:{KAFKA_VERSION}"
@@ -109,11 +109,8 @@ class BrokerHandle:
 
 
 def _wait_ready(bootstrap: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not metadata_ok(bootstrap):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no Kafka answers at {bootstrap} after {timeout:.0f} s")
-        time.sleep(0.5)
+    if not wait_until_ready(bootstrap, timeout):
+        raise RuntimeError(f"no Kafka answers at {bootstrap} after {timeout:.0f} s")
 
 
 def _kafka_container():
