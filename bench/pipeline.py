@@ -34,7 +34,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -257,7 +256,7 @@ def raw_consume(bootstrap: str, topic: str, n: int) -> float:
 
 def run_rides(bootstrap: str, prefix: str, n: int, seed: int, log_dir: Path, scripts: list) -> float:
     """rides.py --count N into this prefix; returns the rate of its summary line."""
-    from tests.integration.pipeline import Script, parse_summary
+    from tests.integration.pipeline import Script
 
     script = Script("rides.py", "--count", str(n), "--seed", str(seed), bootstrap=bootstrap, prefix=prefix,
                     log_dir=log_dir)
@@ -265,7 +264,7 @@ def run_rides(bootstrap: str, prefix: str, n: int, seed: int, log_dir: Path, scr
     code = script.wait(timeout=300, expect=None)
     if code != 0:
         raise BenchError(f"rides.py exited {code}: {_last_line(script.log())}")
-    summary = _summary(script, parse_summary)
+    summary = _summary(script)
     if summary.get("acknowledged") != n or summary.get("failed") != 0:
         raise BenchError(f"rides.py: acknowledged={summary.get('acknowledged')} failed={summary.get('failed')}, "
                          f"expected {n} and 0")
@@ -291,7 +290,7 @@ def run_transaction(bootstrap: str, prefix: str, guarantee: str, n: int, log_dir
     """transaction.py over N pre-produced rides; returns (confirm rate, its summary line)."""
     from common import clients, topics
     from common.settings import Settings
-    from tests.integration.pipeline import Script, parse_summary
+    from tests.integration.pipeline import Script
 
     group = f"{prefix}transaction"
     source = prefix + topics.RIDE_DETAILS
@@ -327,7 +326,7 @@ def run_transaction(bootstrap: str, prefix: str, guarantee: str, n: int, log_dir
     except AssertionError as e:
         raise BenchError(f"transaction.py ({guarantee}) did not stop cleanly on SIGTERM: {str(e).splitlines()[0]}") \
             from None
-    return rate_between(first, last), _summary(script, parse_summary)
+    return rate_between(first, last), _summary(script)
 
 
 def read_outcomes(bootstrap: str, topic_names: list[str]) -> list[bytes]:
@@ -374,10 +373,12 @@ def reconcile(bootstrap: str, prefix: str, guarantee: str, n: int, summary: dict
             f"each ride once")
 
 
-def _summary(script, parse_summary: Callable[[str], dict]) -> dict:
+def _summary(script) -> dict:
+    from common import cli
+
     try:
-        return parse_summary(script.log())
-    except AssertionError:
+        return cli.parse_summary(script.log())
+    except ValueError:
         raise BenchError(f"{script.name} logged no summary line: {_last_line(script.log())}") from None
 
 

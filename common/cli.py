@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -94,3 +95,28 @@ def run(main: Callable[[], int | None]) -> None:
         log.debug("traceback", exc_info=True)
         code = 1
     sys.exit(code or 0)
+
+
+_SUMMARY = re.compile(r"summary: (.*)$", re.MULTILINE)
+_PAIR = re.compile(r"(\w+)=(\S+)")
+
+
+def parse_summary(log: str) -> dict[str, int | float | str]:
+    """The key=value pairs of the last `summary: k=v k=v ...` line a script logged when it stopped.
+
+    Integers become int, numbers with a dot become float (a trailing unit such as "/s" is dropped),
+    anything else stays a string. Raises ValueError if there is no summary line.
+    """
+    lines = _SUMMARY.findall(log)
+    if not lines:
+        raise ValueError("no 'summary:' line")
+    result: dict[str, int | float | str] = {}
+    for key, raw in _PAIR.findall(lines[-1]):
+        number = re.fullmatch(r"(-?\d+(?:\.\d+)?)(?:/\w+)?", raw)
+        if number and "." in number.group(1):
+            result[key] = float(number.group(1))
+        elif number:
+            result[key] = int(number.group(1))
+        else:
+            result[key] = raw
+    return result

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -38,7 +37,8 @@ sys.path.append(str(PROJECT_ROOT))
 
 from kafka.errors import KafkaError  # noqa: E402
 
-from common.broker import BrokerError, LocalBroker, metadata_ok, port_is_free  # noqa: E402
+from common import cli  # noqa: E402
+from common.broker import BrokerError, LocalBroker, metadata_ok, port_is_free, wait_until_ready  # noqa: E402
 
 DEFAULT_HOST, DEFAULT_PORT = "localhost", 9092
 CONSUMERS = ("transaction", "email", "analysis")
@@ -155,22 +155,11 @@ def _compose_down(compose: list[str]) -> None:
 
 
 def _wait_until_ready(bootstrap: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not metadata_ok(bootstrap):
-        if time.monotonic() > deadline:
-            raise BrokerError(f"Kafka at {bootstrap} not ready after {timeout:.0f} s. Fix: `docker compose logs`")
-        time.sleep(1)
+    if not wait_until_ready(bootstrap, timeout, interval=1.0):
+        raise BrokerError(f"Kafka at {bootstrap} not ready after {timeout:.0f} s. Fix: `docker compose logs`")
 
 
 # ----------------------------------------------------------------------------------------- scripts
-
-
-_SUMMARY = re.compile(r"summary: (.*)$")
-
-
-def parse_summary(line: str) -> dict[str, str]:
-    """`... summary: a=1 b=2.0/s c=x` -> {"a": "1", "b": "2.0/s", "c": "x"}."""
-    return dict(re.findall(r"(\w+)=(\S+)", line))
 
 
 class Scripts:
@@ -180,7 +169,7 @@ class Scripts:
         self.bootstrap_servers = bootstrap_servers
         self.topic_prefix = topic_prefix
         self.procs: dict[str, subprocess.Popen] = {}
-        self.summaries: dict[str, dict[str, str]] = {}
+        self.summaries: dict[str, dict[str, int | float | str]] = {}
         self.last_line: dict[str, str] = {}
         self._pumps: dict[str, threading.Thread] = {}
 
@@ -213,9 +202,8 @@ class Scripts:
         for raw in proc.stdout:
             line = raw.rstrip()
             self.last_line[name] = line
-            m = _SUMMARY.search(line)
-            if m:
-                self.summaries[name] = parse_summary(m.group(1))
+            if "summary: " in line:
+                self.summaries[name] = cli.parse_summary(line)
             emit(name, line)
 
     def finish(self, name: str, timeout: float) -> int:
@@ -351,7 +339,7 @@ def wait_until_settled(scripts: Scripts, progress: Progress, acknowledged: int, 
 # ----------------------------------------------------------------------------------------- the demo
 
 
-def _number(summaries: dict[str, dict[str, str]], script: str, key: str) -> int:
+def _number(summaries: dict[str, dict[str, int | float | str]], script: str, key: str) -> int:
     try:
         return int(summaries[script][key])
     except (KeyError, ValueError):

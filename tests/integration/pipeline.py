@@ -32,6 +32,8 @@ from pathlib import Path
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from common import cli
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Contract of DESIGN.md: a script exits within 10 s of SIGTERM.
@@ -163,28 +165,12 @@ class Script:
 
 # ----------------------------------------------------------------------------------------- summaries
 
-_SUMMARY = re.compile(r"summary: (.*)$", re.MULTILINE)
-_PAIR = re.compile(r"(\w+)=(\S+)")
-
-
 def parse_summary(log: str) -> dict[str, int | float | str]:
-    """The key=value pairs of the last `summary: k=v k=v ...` line in a script's log.
-
-    Integers become int, numbers with a dot become float (a trailing unit such as "/s" is dropped),
-    anything else stays a string. Fails if there is no summary line.
-    """
-    lines = _SUMMARY.findall(log)
-    assert lines, f"no 'summary:' line in the log:\n{log[-4000:]}"
-    result: dict[str, int | float | str] = {}
-    for key, raw in _PAIR.findall(lines[-1]):
-        number = re.fullmatch(r"(-?\d+(?:\.\d+)?)(?:/\w+)?", raw)
-        if number and "." in number.group(1):
-            result[key] = float(number.group(1))
-        elif number:
-            result[key] = int(number.group(1))
-        else:
-            result[key] = raw
-    return result
+    """common.cli.parse_summary of a script's log; fails the test, showing the log, if it has no summary line."""
+    try:
+        return cli.parse_summary(log)
+    except ValueError:
+        raise AssertionError(f"no 'summary:' line in the log:\n{log[-4000:]}") from None
 
 
 # ------------------------------------------------------------------------------------------ topics
