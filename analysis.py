@@ -29,7 +29,7 @@ from kafka.structs import TopicPartition
 from pydantic import Field
 
 from common import cli, clients, consume, schemas, topics
-from common.dead_letters import DeadLetters
+from common.dead_letters import DeadLetters, stop_if_undelivered
 from common.settings import ConsumerSettings
 from common.shutdown import Shutdown
 
@@ -348,10 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                     fold(stats, ride)
                 # Dead letters first: the offsets saved next move past them.
                 producer.flush()
-                failed = [f.exception for f in sends if f.failed()]
-                if failed:
-                    raise cli.Fatal(f"{len(failed)} dead letters could not be stored ({failed[0]}); stopping "
-                                    f"without saving: the batch is read again when analysis.py runs again")
+                stop_if_undelivered(sends, "analysis.py", what_is_kept="saving")
                 offsets = advance(saved, records)
                 state.save(prune(stats), offsets)
                 saved.update(offsets)

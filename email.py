@@ -48,7 +48,7 @@ if __name__ != "email":
     from pydantic import AliasChoices, Field, SecretStr, field_validator
 
     from common import cli, clients, consume, schemas, topics
-    from common.dead_letters import DeadLetters, where
+    from common.dead_letters import DeadLetters, stop_if_undelivered, where
     from common.settings import ConsumerSettings
     from common.shutdown import Shutdown
 
@@ -373,15 +373,6 @@ class Mailer:
         return len(records)
 
 
-def check_dead_letters(sends: list) -> None:
-    """Stop (without committing) if a dead letter of this batch did not reach the broker after the flush."""
-    failed = [f.exception for f in sends if f.failed()]
-    sends.clear()
-    if failed:
-        raise cli.Fatal(f"{len(failed)} dead letters could not be stored ({failed[0]}); stopping without "
-                        f"committing: their records are read again when email.py runs again")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, group_id="email")
     p.add_argument("--outbox", metavar="DIR", help="where .eml files go without SMTP settings (default: outbox)")
@@ -425,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             # The ledger already has every email of the batch; dead letters must be stored before the
             # offsets move past them. Then commit: a crash before this line only replays skipped rides.
             producer.flush()
-            check_dead_letters(mailer.dead_letter_sends)
+            stop_if_undelivered(mailer.dead_letter_sends, "email.py")
             if done:
                 consume.commit(consumer, records[:done])
     finally:

@@ -14,6 +14,7 @@ from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.producer.future import FutureRecordMetadata
 
+from common.cli import Fatal
 from common.topics import dead_letter_topic
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,16 @@ class DeadLetters:
                                      headers=headers_for(record, reason, self._group_id))
         self.count += 1
         return future
+
+
+def stop_if_undelivered(sends: list, script: str, what_is_kept: str = "committing") -> None:
+    """After the producer's flush: stop the script (cli.Fatal) if a dead letter of this batch did not reach
+    the broker, before the offsets move past its record. Clears `sends` for the next batch."""
+    failed = [f.exception for f in sends if f.failed()]
+    sends.clear()
+    if failed:
+        raise Fatal(f"{len(failed)} dead letters could not be stored ({failed[0]}); stopping without "
+                    f"{what_is_kept}: their records are read again when {script} runs again")
 
 
 @dataclass(frozen=True)

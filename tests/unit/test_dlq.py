@@ -160,3 +160,21 @@ def test_replay_sends_each_source_record_once_whatever_the_number_of_groups():
     unique, skipped = distinct_sources([email, analysis, unknown, unknown])
     assert unique == [email, unknown, unknown]
     assert skipped == [(analysis, email)]
+
+
+def test_an_undelivered_dead_letter_stops_the_script_before_its_commit():
+    from kafka.future import Future
+
+    from common.cli import Fatal
+    from common.dead_letters import stop_if_undelivered
+
+    delivered, lost = Future(), Future()
+    delivered.success(None)
+    lost.failure(Exception("broker gone"))
+    sends = [delivered]
+    stop_if_undelivered(sends, "email.py")  # all delivered: nothing happens
+    assert sends == []  # cleared for the next batch
+    sends = [delivered, lost]
+    with pytest.raises(Fatal, match=r"1 dead letters could not be stored \(broker gone\); stopping without "
+                                    r"saving: their records are read again when analysis.py runs again"):
+        stop_if_undelivered(sends, "analysis.py", what_is_kept="saving")
