@@ -148,14 +148,18 @@ EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
 # The producer cannot go on after these: another instance took over its transactional.id, or the
 # broker will never allow transactions. Everything else aborts the batch and reads it again.
-FATAL_ERRORS = (ProducerFencedError, InvalidProducerEpochError, TransactionCoordinatorFencedError,
-                AuthorizationError, UnsupportedVersionError)
+FENCED_ERRORS = (ProducerFencedError, InvalidProducerEpochError, TransactionCoordinatorFencedError)
+FATAL_ERRORS = (*FENCED_ERRORS, AuthorizationError, UnsupportedVersionError)
+
+
+def caused_by(e: BaseException, errors: tuple[type[BaseException], ...]) -> bool:
+    # Once the producer is in its fatal state, kafka-python raises a plain KafkaError that only names
+    # the original error in its message ("... in an error state: ProducerFencedError ...").
+    return isinstance(e, errors) or any(cls.__name__ in str(e) for cls in errors)
 
 
 def is_fatal(e: BaseException) -> bool:
-    # Once the producer is in its fatal state, kafka-python raises a plain KafkaError that only names
-    # the original error in its message ("... in an error state: ProducerFencedError ...").
-    return isinstance(e, FATAL_ERRORS) or any(cls.__name__ in str(e) for cls in FATAL_ERRORS)
+    return caused_by(e, FATAL_ERRORS)
 
 
 STOP_GRACE = 5.0  # seconds a stop request waits for an unfinished batch's outputs before giving up on it
@@ -218,8 +222,7 @@ class Pipeline:
         return producer
 
     def _fatal_message(self, e: Exception) -> str:
-        fenced = (ProducerFencedError, InvalidProducerEpochError, TransactionCoordinatorFencedError)
-        if isinstance(e, fenced) or any(cls.__name__ in str(e) for cls in fenced):
+        if caused_by(e, FENCED_ERRORS):
             return (f"fenced: another transaction.py runs with transactional.id {self.settings.transactional_id} "
                     f"(--instance {self.settings.instance} in group {self.settings.group_id}); give every running "
                     f"instance its own --instance ({type(e).__name__})")
