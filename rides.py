@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from kafka.errors import KafkaTimeoutError
 from pydantic import Field
@@ -52,12 +52,18 @@ EMAIL_DOMAINS = ("example.com", "example.org", "example.net")
 # ------------------------------------------------------------------------------------ the domain
 
 
-def customer(n: int) -> tuple[str, str]:
-    """Customer number n of the pool: (customer_id, email). The same n is always the same person."""
+class Customer(NamedTuple):
+    id: str
+    name: str
+    email: str
+
+
+def customer(n: int) -> Customer:
+    """Customer number n of the pool. The same n is always the same person."""
     first = FIRST_NAMES[n % len(FIRST_NAMES)]
     last = LAST_NAMES[(n // len(FIRST_NAMES)) % len(LAST_NAMES)]
     domain = EMAIL_DOMAINS[n % len(EMAIL_DOMAINS)]
-    return f"cust-{n:05d}", f"{first}.{last}.{n}@{domain}"
+    return Customer(f"cust-{n:05d}", f"{first.title()} {last.title()}", f"{first}.{last}.{n}@{domain}")
 
 
 def random_place(rng: random.Random) -> Place:
@@ -78,7 +84,7 @@ def outside_place(rng: random.Random) -> Place:
 def build_ride(rng: random.Random, now: datetime) -> RideRequest:
     """One ride request, every field drawn from rng: the same rng state gives the same ride."""
     ride_id = uuid.UUID(int=rng.getrandbits(128), version=4)
-    customer_id, email = customer(rng.randrange(CUSTOMERS))
+    rider = customer(rng.randrange(CUSTOMERS))
     pickup, dropoff = random_place(rng), random_place(rng)
     if rng.random() < OUTSIDE_FRACTION:
         if rng.random() < 0.5:
@@ -86,7 +92,8 @@ def build_ride(rng: random.Random, now: datetime) -> RideRequest:
         else:
             dropoff = outside_place(rng)
     passengers = rng.choices((1, 2, 3, 4), weights=(70, 20, 7, 3))[0]
-    return RideRequest(ride_id=ride_id, customer_id=customer_id, customer_email=email, pickup=pickup,
+    return RideRequest(ride_id=ride_id, customer_id=rider.id, customer_email=rider.email,
+                       customer_name=rider.name, pickup=pickup,
                        dropoff=dropoff, passengers=passengers, requested_at=now)
 
 

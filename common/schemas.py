@@ -46,6 +46,18 @@ def _utc_in_range(value: datetime) -> datetime:
 Timestamp = Annotated[AwareDatetime, AfterValidator(_utc_in_range)]
 
 
+def _printable_name(value: str) -> str:
+    # A name is shown to people (an email's greeting, a table): no control characters or line breaks,
+    # and not only blanks.
+    if not value.isprintable() or not value.strip():
+        raise ValueError("must be printable text, not only blanks")
+    return value
+
+
+# The rider's name as they gave it: any script, but one printable line.
+PersonName = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_printable_name)]
+
+
 class Message(BaseModel):
     # frozen: a message is a fact; extra="ignore": tolerate fields added by a newer producer.
     model_config = ConfigDict(frozen=True, extra="ignore", str_max_length=1000)
@@ -67,6 +79,8 @@ class RideRequest(Message):
     ride_id: UUID
     customer_id: Identifier
     customer_email: Email
+    # Optional so that requests from producers that predate it stay valid (same schema_version).
+    customer_name: PersonName | None = None
     pickup: Place
     dropoff: Place
     passengers: Annotated[int, Field(ge=1, le=8)] = 1

@@ -8,6 +8,8 @@ from common.schemas import Place, RideConfirmed, RideRejected, RideRequest
 
 identifiers = st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True)
 emails = st.from_regex(r"[a-z0-9._+]{1,30}@[a-z0-9-]{1,30}\.[a-z]{2,10}", fullmatch=True)
+# Any name the schema takes: one printable line, in any script.
+names = st.none() | st.text(min_size=1, max_size=100).filter(lambda s: s.isprintable() and s.strip() != "")
 offsets = st.builds(lambda m: timezone(timedelta(minutes=m)), st.integers(-23 * 60, 23 * 60))
 aware_datetimes = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1),
                                timezones=st.one_of(st.just(timezone.utc), offsets))
@@ -22,6 +24,7 @@ ride_requests = st.builds(
     ride_id=st.uuids(),
     customer_id=identifiers,
     customer_email=emails,
+    customer_name=names,
     pickup=places,
     dropoff=places,
     passengers=st.integers(1, 8),

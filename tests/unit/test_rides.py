@@ -47,9 +47,10 @@ def test_every_ride_survives_the_wire_and_is_keyed_by_its_id():
 def test_customers_come_from_the_pool_with_their_own_email():
     seen = take(6, 3000)
     pool = {rides.customer(n) for n in range(rides.CUSTOMERS)}
-    assert len({email for _, email in pool}) == rides.CUSTOMERS  # one email per customer
+    assert len({c.email for c in pool}) == rides.CUSTOMERS  # one email per customer
     for ride in seen:
-        assert (ride.customer_id, ride.customer_email) in pool
+        assert (ride.customer_id, ride.customer_name, ride.customer_email) in pool
+        assert re.fullmatch(r"[A-Z][a-z]+ [A-Z][a-z]+", ride.customer_name)
         assert re.fullmatch(r"cust-\d{5}", ride.customer_id)
     # A pool, not one customer per ride: some customers ride again.
     assert len({r.customer_id for r in seen}) < len(seen)
