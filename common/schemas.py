@@ -8,6 +8,7 @@ instead of crashing a script further down.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Literal, TypeVar
@@ -113,6 +114,34 @@ class PoisonRecord(ValueError):
 
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+
+def record_step(what: str, step: Callable[..., T], *args: object) -> T:
+    """Run one pure step of a record's processing (decode, validate, decide, render, fold): the rule that
+    decides what is set aside and what stops a consumer.
+
+    A pure step touches no infrastructure (no Kafka, no disk, no network), so any exception it raises
+    belongs to this one record: it becomes a PoisonRecord with a one-line reason, and the record goes to the
+    dead-letter topic instead of stopping the consumer at every restart. Failures of the infrastructure are
+    raised by the calls around such steps and are never turned into dead letters here.
+    """
+    try:
+        return step(*args)
+    except PoisonRecord:
+        raise
+    except ValidationError as e:
+        raise PoisonRecord(f"{what}: {describe(e)}") from None
+    except (MemoryError, RecursionError):
+        raise  # the process is in trouble, not the record
+    except Exception as e:
+        raise PoisonRecord(one_line(f"{what}: {type(e).__name__}: {e}")) from None
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """Text as one printable line of at most `limit` characters (reasons are read in logs and headers)."""
+    flat = "".join(c if c.isprintable() else " " for c in text)
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def encode(message: Message) -> bytes:

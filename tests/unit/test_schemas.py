@@ -201,3 +201,16 @@ def test_mutating_a_valid_request_gives_valid_or_poison(msg, field, replacement)
     value = json.loads(schemas.encode(msg))
     value[field] = replacement
     decodes_or_poison(json.dumps(value).encode(), schemas.ride_key(msg.ride_id))
+
+
+def test_record_step_turns_any_failure_of_a_pure_step_into_a_one_line_reason():
+    from common.schemas import PoisonRecord, record_step
+
+    def explode(value):
+        raise ValueError(f"address parts cannot contain CR or LF: {value}")
+
+    with pytest.raises(PoisonRecord, match=r"^cannot render: ValueError: address parts cannot contain CR or LF: a  b$"):
+        record_step("cannot render", explode, "a\r\nb")
+    assert record_step("cannot render", lambda x: x * 2, 21) == 42
+    with pytest.raises(MemoryError):  # the process's trouble, not the record's: never set aside
+        record_step("cannot render", lambda: (_ for _ in ()).throw(MemoryError()))
