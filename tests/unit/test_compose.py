@@ -28,7 +28,7 @@ def test_advertised_listener_is_the_scripts_default_bootstrap_servers():
 
 def test_the_advertised_port_is_published_on_the_host():
     port = DEFAULT_BOOTSTRAP_SERVERS.rsplit(":", 1)[1]
-    assert re.search(rf"^\s*-\s*\"?{port}:{port}\"?\s*$", COMPOSE, re.MULTILINE)
+    assert re.search(rf"^\s*-\s*\"?127\.0\.0\.1:{port}:{port}\"?\s*$", COMPOSE, re.MULTILINE)
 
 
 def test_kraft_single_node_with_a_named_volume_and_a_healthcheck():
@@ -37,3 +37,10 @@ def test_kraft_single_node_with_a_named_volume_and_a_healthcheck():
     assert re.search(r"^\s+- kafka-data:/var/lib/kafka/data\s*$", COMPOSE, re.MULTILINE)
     assert _setting("KAFKA_LOG_DIRS") == "/var/lib/kafka/data"
     assert "healthcheck:" in COMPOSE
+
+
+def test_kafka_is_published_on_the_loopback_interface_only():
+    # PLAINTEXT without authentication: anyone who can reach the port can read and write every topic.
+    port = DEFAULT_BOOTSTRAP_SERVERS.rsplit(":", 1)[1]
+    published = re.findall(r"^\s*-\s*\"?([0-9.:\[\]]+)\"?\s*$", COMPOSE, re.MULTILINE)
+    assert published == [f"127.0.0.1:{port}:{port}"]
