@@ -21,10 +21,22 @@ SCHEMA_VERSION = 1
 Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
 Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-# A plain ASCII address (dot-atom @ domain): anything looser lets a value such as "a,b@c.de" (two
-# recipients), "(x)@y.zz" (a comment: no recipient) or a control character reach the To: header.
-Email = Annotated[str, Field(min_length=3, max_length=254,
-                             pattern=r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")]
+# A plain ASCII addr-spec, dot-atom @ domain (no display name, no comment, no quoted local part, one
+# address): anything looser lets a value such as "a,b@c.de" (two recipients), "(x)@y.zz" (a comment: no
+# recipient) or a control character reach the To: header.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+EMAIL_PATTERN = rf"^{_ATEXT}(\.{_ATEXT})*@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$"
+
+
+def _no_encoded_word(value: str) -> str:
+    # "=?utf-8?q?...?=" is made of allowed characters, yet a mail parser decodes it (RFC 2047) into
+    # whatever it encodes: a line break and a Bcc:, or a comma and a second recipient. "=?" starts one.
+    if "=?" in value:
+        raise ValueError("must not contain '=?' (an RFC 2047 encoded word)")
+    return value
+
+
+Email = Annotated[str, Field(min_length=3, max_length=254, pattern=EMAIL_PATTERN), AfterValidator(_no_encoded_word)]
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -3,11 +3,31 @@
 from datetime import datetime, timedelta, timezone
 
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
-from common.schemas import Place, RideConfirmed, RideRejected, RideRequest
+from common.schemas import EMAIL_PATTERN, Email, Place, RideConfirmed, RideRejected, RideRequest
+
+_email = TypeAdapter(Email)
+
+
+def _valid_email(value: str) -> bool:
+    try:
+        _email.validate_python(value)
+    except ValidationError:
+        return False
+    return True
+
 
 identifiers = st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True)
-emails = st.from_regex(r"[a-z0-9._+]{1,30}@[a-z0-9-]{1,30}\.[a-z]{2,10}", fullmatch=True)
+# Anything the schema's Email takes, from its own pattern (length and the encoded-word rule on top).
+emails = st.from_regex(EMAIL_PATTERN, fullmatch=True).filter(_valid_email)
+# Local parts that look like RFC 2047 encoded words: made of allowed characters, the schema must refuse them.
+encoded_word_emails = st.builds(
+    lambda head, charset, code, text, tail, domain: f"{head}=?{charset}?{code}?{text}?={tail}@{domain}",
+    st.sampled_from(["", "a", "x."]), st.sampled_from(["utf-8", "UTF-8", "iso-8859-1", "us-ascii"]),
+    st.sampled_from("qQbB"), st.from_regex(r"[A-Za-z0-9=_+/-]{0,40}", fullmatch=True),
+    st.sampled_from(["", "b", ".c"]), st.from_regex(r"[a-z0-9-]{1,20}\.[a-z]{2,6}", fullmatch=True),
+)
 # Any name the schema takes: one printable line, in any script.
 names = st.none() | st.text(min_size=1, max_size=100).filter(lambda s: s.isprintable() and s.strip() != "")
 offsets = st.builds(lambda m: timezone(timedelta(minutes=m)), st.integers(-23 * 60, 23 * 60))

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from common import schemas
 from common.schemas import PoisonRecord, RideConfirmed, RideRejected, RideRequest
-from tests.unit.strategies import json_values, ride_confirmations, ride_rejections, ride_requests
+from tests.unit.strategies import encoded_word_emails, json_values, ride_confirmations, ride_rejections, ride_requests
 
 REASON_LIMIT = 500  # schemas.describe() keeps a reason to one short line
 REQUIRED = ["ride_id", "customer_id", "customer_email", "pickup", "dropoff", "requested_at"]
@@ -214,3 +214,31 @@ def test_record_step_turns_any_failure_of_a_pure_step_into_a_one_line_reason():
     assert record_step("cannot render", lambda x: x * 2, 21) == 42
     with pytest.raises(MemoryError):  # the process's trouble, not the record's: never set aside
         record_step("cannot render", lambda: (_ for _ in ()).throw(MemoryError()))
+
+
+# ------------------------------------------------------------------------- email addresses: one addr-spec
+
+HOSTILE_EMAILS = [
+    "=?utf-8?q?x=0D=0ABcc=3A_evil=40attacker.test?=@example.com",  # CR LF "Bcc:" once decoded
+    "=?utf-8?q?evil=40attacker.test=2C?=@example.com",              # a second recipient once decoded
+    "a=?utf-8?b?QQ==?=@example.com",                               # an encoded word inside the local part
+    ".ada@example.com", "ada.@example.com", "ada..garcia@example.com",  # not a dot-atom
+    "Ada <ada@example.com>", "ada@example.com, eve@example.com", "a,b@example.com", "(x)@example.com",
+    "ada@example.com\n", "ada@exa\u00dfmple.com", "\u00e4da@example.com", "ada@example", "ada@@example.com",
+]
+
+
+@pytest.mark.parametrize("address", HOSTILE_EMAILS)
+def test_an_email_is_one_plain_ascii_addr_spec_without_encoded_words(address):
+    assert "customer_email" in poison(json.dumps({**VALID, "customer_email": address}).encode())
+
+
+@pytest.mark.parametrize("address", ["ada.garcia.42@example.com", "o'brien+rides@xn--bcher-kva.example",
+                                     "x=y?z@example.com", "e" * 240 + "@example.com", "a!#$%&*/^_`{|}~-@b.co"])
+def test_plain_addr_specs_stay_valid(address):
+    assert schemas.decode(RideRequest, KEY, json.dumps({**VALID, "customer_email": address}).encode())
+
+
+@given(encoded_word_emails)
+def test_encoded_word_local_parts_are_refused(address):
+    assert "customer_email" in poison(json.dumps({**VALID, "customer_email": address}).encode())
