@@ -27,7 +27,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from email.headerregistry import Address
 from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import default as default_policy
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
 from uuid import UUID
@@ -63,6 +66,9 @@ if __name__ != "email":
         smtp_user: str | None = Field(None, validation_alias=AliasChoices("smtp_user", "SMTP_USER"))
         smtp_password: SecretStr | None = Field(None, validation_alias=AliasChoices("smtp_password", "SMTP_PASSWORD"))
         smtp_from: str = Field(DEFAULT_FROM, validation_alias=AliasChoices("smtp_from", "SMTP_FROM"))
+        # Off: a password goes only over TLS. On: also in clear, for a local test server without TLS.
+        smtp_allow_plain_login: bool = Field(
+            False, validation_alias=AliasChoices("smtp_allow_plain_login", "SMTP_ALLOW_PLAIN_LOGIN"))
 
         @field_validator("smtp_from")
         @classmethod
@@ -86,19 +92,31 @@ def message_id(ride_id: UUID, sender: str) -> str:
     return f"<ride-{ride_id}@{domain}>"
 
 
+def recipients(message: EmailMessage) -> list[str]:
+    """The To addresses as a mail server or client reads them: parsed back from the email's bytes, so
+    that an RFC 2047 encoded word or a comma decoded there counts, not only what we meant to write."""
+    to = BytesParser(policy=default_policy).parsebytes(bytes(message))["To"]
+    return [a.addr_spec for a in to.addresses] if to is not None else []
+
+
 def render(ride: "schemas.RideConfirmed", sender: str = DEFAULT_FROM) -> EmailMessage:
-    """The confirmation email for one ride; the same ride renders to the same bytes (no clock, no random)."""
+    """The confirmation email for one ride; the same ride renders to the same bytes (no clock, no random).
+
+    Raises PoisonRecord unless the email goes to exactly one recipient, the ride's customer_email.
+    """
     eta = max(1, round(ride.pickup_eta_minutes))
     fare = f"{ride.fare:.2f} {ride.currency}"
+    greeting = f"Hello {ride.customer_name}," if ride.customer_name else "Hello,"
     msg = EmailMessage()
     msg["Subject"] = f"Your ride is confirmed: driver {ride.driver_id} arrives in about {eta} min"
     msg["From"] = sender
-    msg["To"] = ride.customer_email
+    # An Address object, not a string: a string is parsed as an address *list* (display names, commas).
+    msg["To"] = Address(addr_spec=ride.customer_email)
     msg["Date"] = format_datetime(ride.confirmed_at.astimezone(timezone.utc))
     msg["Message-ID"] = message_id(ride.ride_id, sender)
     msg["X-Ride-ID"] = str(ride.ride_id)
     msg.set_content(
-        f"Hello {ride.customer_id},\n"
+        f"{greeting}\n"
         f"\n"
         f"your ride is confirmed.\n"
         f"\n"
@@ -113,6 +131,8 @@ def render(ride: "schemas.RideConfirmed", sender: str = DEFAULT_FROM) -> EmailMe
         f"Ride {ride.ride_id}, confirmed {ride.confirmed_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC.\n"
         f"Thank you for riding with us.\n"
     )
+    if recipients(msg) != [ride.customer_email]:
+        raise schemas.PoisonRecord(f"the email would not go to exactly {ride.customer_email!r} alone")
     return msg
 
 
@@ -123,13 +143,17 @@ SENT = "sent"
 
 
 class Ledger:
-    """Which rides were emailed: ride_id -> 'sending' | 'sent', in SQLite.
+    """Which rides were emailed: ride_id -> 'sending' | 'sent', in SQLite, for one consumer group.
 
     Every change is its own committed transaction, written before the effect it announces ('sending')
     or right after it ('sent'), and always before Kafka's offset commit.
+
+    The ledger records the group that created it. Instances of that group share it (a ride moved to
+    another instance by a rebalance is skipped there); another group is refused, since each group gets
+    every ride: two groups on one ledger would each skip, or repeat, the other's emails.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, group_id: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: autocommit, each statement below is one transaction.
         # timeout: another email.py of the group may hold the write lock for a moment.
@@ -145,6 +169,14 @@ class Ledger:
             " status TEXT NOT NULL CHECK (status IN ('sending', 'sent')),"
             " updated_at TEXT NOT NULL)"
         )
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        # The first group to open the ledger owns it (an older ledger without an owner too).
+        self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('group_id', ?)", (group_id,))
+        owner = self._db.execute("SELECT value FROM meta WHERE key = 'group_id'").fetchone()[0]
+        if owner != group_id:
+            self._db.close()
+            raise cli.Fatal(f"the ledger {path} belongs to group {owner!r}, not {group_id!r}: two groups on one "
+                            f"ledger would skip or repeat each other's emails; pass another --ledger")
 
     def status(self, ride_id: UUID) -> str | None:
         row = self._db.execute("SELECT status FROM emails WHERE ride_id = ?", (str(ride_id),)).fetchone()
@@ -211,6 +243,9 @@ class Outbox:
         write_atomically(path, bytes(message))
         return str(path)
 
+    def open(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -222,27 +257,42 @@ class Smtp:
         self.host, self.port = settings.smtp_host or "", settings.smtp_port
         self._user = settings.smtp_user
         self._password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        self._allow_plain_login = settings.smtp_allow_plain_login
         self._conn: smtplib.SMTP | None = None
 
     def _connect(self) -> smtplib.SMTP:
         context = ssl.create_default_context()
         if self.port == 465:  # implicit TLS ("SMTPS")
             conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=30, context=context)
+            tls = True
         else:
             conn = smtplib.SMTP(self.host, self.port, timeout=30)
             conn.ehlo()
-            if conn.has_extn("starttls"):  # never send a password in clear when the server offers TLS
+            tls = conn.has_extn("starttls")
+            if tls:
                 conn.starttls(context=context)
                 conn.ehlo()
+        if self._user and not tls and not self._allow_plain_login:
+            conn.close()
+            raise cli.Fatal(f"the SMTP server {self.host}:{self.port} offers no STARTTLS: not sending the password "
+                            f"of {self._user} in clear; use TLS (STARTTLS or port 465), or pass "
+                            f"--smtp-allow-plain-login (SMTP_ALLOW_PLAIN_LOGIN=1) for a local test server")
         if self._user:
             conn.login(self._user, self._password or "")
         return conn
 
-    def deliver(self, message: EmailMessage, ride_id: UUID) -> str:
+    def open(self) -> None:
+        """Connect (and log in) now, so that a server that would get the password in clear stops the script
+        before it reads a ride; an unreachable one raises SMTPException or OSError (deliveries retry it)."""
         if self._conn is None:
             self._conn = self._connect()
+
+    def deliver(self, message: EmailMessage, ride_id: UUID) -> str:
+        self.open()
+        assert self._conn is not None
         try:
-            self._conn.send_message(message)
+            # The envelope from the parsed To header render() checked, never from smtplib's own reading.
+            self._conn.send_message(message, to_addrs=recipients(message))
         except (smtplib.SMTPException, OSError):
             self.close()  # the next attempt starts on a fresh connection
             raise
@@ -258,15 +308,26 @@ class Smtp:
 
 
 class Refused(Exception):
-    """The server refused the recipient for good (5xx): retrying cannot help, the ride is set aside."""
+    """The server refused this email for good (5xx): retrying cannot help, the ride is set aside."""
 
 
 class Stopped(Exception):
     """Asked to stop while waiting to retry a delivery."""
 
 
-def permanently_refused(error: smtplib.SMTPRecipientsRefused) -> bool:
-    return bool(error.recipients) and all(code >= 500 for code, _ in error.recipients.values())
+def refused_for_good(error: Exception) -> str | None:
+    """Why the server refused this one email for good (5xx to its recipient, or to its DATA), else None.
+    A 4xx is temporary, and a refused sender or login is the configuration's: those are retried, then stop."""
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        codes = list(error.recipients.values())
+    elif isinstance(error, smtplib.SMTPDataError):
+        codes = [(error.smtp_code, error.smtp_error)]
+    else:
+        return None
+    if not codes or any(code < 500 for code, _ in codes):
+        return None
+    return "; ".join(f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"
+                     for code, text in codes)
 
 
 def deliver_with_retries(
@@ -285,12 +346,11 @@ def deliver_with_retries(
     for attempt in range(1, attempts + 1):
         try:
             return deliver(message, ride_id)
-        except smtplib.SMTPRecipientsRefused as e:
-            if permanently_refused(e):
-                raise Refused(f"the mail server refused {message['To']}: {e.recipients}") from None
-            error: Exception = e
         except (smtplib.SMTPException, OSError) as e:
-            error = e
+            if why := refused_for_good(e):
+                raise Refused(schemas.one_line(f"the mail server refused the email to {message['To']}: {why}")) \
+                    from None
+            error: Exception = e
         if attempt == attempts:
             raise cli.Fatal(
                 f"cannot deliver the email for ride {ride_id} after {attempts} attempts "
@@ -330,19 +390,33 @@ class Mailer:
         self.counts = Counts()
         self.dead_letter_sends: list = []  # this batch's, checked after the flush and before the commit
 
+    def set_aside(self, record: "ConsumerRecord", reason: str, ride_id: UUID | None = None) -> None:
+        """A failure of this record alone: to the dead-letter topic, and out of the ledger, so that a
+        replay from there emails it."""
+        if ride_id is not None:
+            self.ledger.forget(ride_id)
+        self.dead_letter_sends.append(self.dead_letters.send(record, reason))
+        self.counts.dead_lettered += 1
+
     def handle(self, record: "ConsumerRecord") -> None:
+        # Decoding and rendering are pure: any exception of theirs is this record's (record_step), set
+        # aside; the ledger, the transport and Kafka are infrastructure, whose failures retry or stop.
         try:
-            ride = schemas.decode(schemas.RideConfirmed, record.key, record.value)
+            ride = schemas.record_step("cannot decode", schemas.decode, schemas.RideConfirmed, record.key,
+                                       record.value)
         except schemas.PoisonRecord as e:
-            self.dead_letter_sends.append(self.dead_letters.send(record, str(e)))
-            self.counts.dead_lettered += 1
+            self.set_aside(record, str(e))
             return
         status = self.ledger.status(ride.ride_id)
         if status == SENT:
             self.counts.duplicates_skipped += 1
             log.info("%s: ride %s was already emailed: skipped", where(record), ride.ride_id)
             return
-        message = render(ride, self.sender)
+        try:
+            message = schemas.record_step("cannot render the email", render, ride, self.sender)
+        except schemas.PoisonRecord as e:
+            self.set_aside(record, str(e), ride.ride_id)
+            return
         if status == SENDING:
             log.warning("%s: ride %s may have been emailed just before a crash: sending it again with the "
                         "same Message-ID %s", where(record), ride.ride_id, message["Message-ID"])
@@ -350,9 +424,7 @@ class Mailer:
         try:
             to = deliver_with_retries(self.transport.deliver, message, ride.ride_id, self.sleep)
         except Refused as e:
-            self.ledger.forget(ride.ride_id)
-            self.dead_letter_sends.append(self.dead_letters.send(record, str(e)))
-            self.counts.dead_lettered += 1
+            self.set_aside(record, str(e), ride.ride_id)
             return
         self.ledger.sent(ride.ride_id, message["Message-ID"])
         self.counts.emailed += 1
@@ -383,15 +455,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smtp-user", help="default: $SMTP_USER (no login without it)")
     p.add_argument("--smtp-password", help="default: $SMTP_PASSWORD (prefer the variable: flags show in ps)")
     p.add_argument("--smtp-from", metavar="ADDRESS", help=f"default: $SMTP_FROM, else {DEFAULT_FROM}")
+    p.add_argument("--smtp-allow-plain-login", action="store_true", default=None,
+                   help="log in even where the server offers no TLS, sending the password in clear: for a "
+                        "local test server only (default: $SMTP_ALLOW_PLAIN_LOGIN, else off)")
     settings = cli.load(EmailSettings, p, argv)
     shutdown = Shutdown.on_signals()
 
     source = settings.topic(topics.RIDE_CONFIRMED)
     transport: Outbox | Smtp = Smtp(settings) if settings.smtp_host else Outbox(settings.outbox)
     try:
-        ledger = Ledger(settings.ledger_path)
+        ledger = Ledger(settings.ledger_path, settings.group_id)
     except (OSError, sqlite3.Error) as e:
         raise cli.Fatal(f"cannot open the ledger {settings.ledger_path}: {e}") from None
+    try:  # a configuration that cannot work stops here, before a ride is read (cli.Fatal)
+        transport.open()
+    except (smtplib.SMTPException, OSError) as e:
+        log.warning("the SMTP server is not reachable yet (%s: %s); each email retries it", type(e).__name__, e)
 
     clients.ensure_topics(settings, shutdown, [topics.RIDE_CONFIRMED, topics.dead_letter_topic(topics.RIDE_CONFIRMED)])
     producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "email-dead-letters"),

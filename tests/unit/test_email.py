@@ -86,7 +86,7 @@ def no_sleep(_seconds: float) -> bool:
 
 @pytest.fixture
 def mailer(tmp_path):
-    ledger = em.Ledger(tmp_path / "outbox" / em.LEDGER_NAME)
+    ledger = em.Ledger(tmp_path / "outbox" / em.LEDGER_NAME, "email")
     producer = FakeProducer()
     m = em.Mailer(ledger, CountingOutbox(tmp_path / "outbox"), DeadLetters(producer, "email"), em.DEFAULT_FROM,
                   no_sleep)
@@ -184,13 +184,13 @@ def test_the_outbox_holds_one_readable_eml_per_ride(tmp_path):
 
 def test_the_ledger_goes_from_nothing_to_sending_to_sent_and_survives_a_reopen(tmp_path):
     path = tmp_path / "ledger.sqlite3"
-    ledger = em.Ledger(path)
+    ledger = em.Ledger(path, "email")
     assert ledger.status(RIDE_ID) is None
     ledger.sending(RIDE_ID, "<m>")
     assert ledger.status(RIDE_ID) == em.SENDING
     ledger.sent(RIDE_ID, "<m>")
     ledger.close()
-    reopened = em.Ledger(path)
+    reopened = em.Ledger(path, "email")
     assert reopened.status(RIDE_ID) == em.SENT
     reopened.forget(RIDE_ID)
     assert reopened.status(RIDE_ID) is None
@@ -198,7 +198,7 @@ def test_the_ledger_goes_from_nothing_to_sending_to_sent_and_survives_a_reopen(t
 
 
 def test_read_ledger_lists_every_ride_and_its_status(tmp_path):
-    ledger = em.Ledger(tmp_path / "l.sqlite3")
+    ledger = em.Ledger(tmp_path / "l.sqlite3", "email")
     a, b = uuid4(), uuid4()
     ledger.sending(a, "<a>")
     ledger.sent(b, "<b>")
@@ -333,21 +333,39 @@ def test_a_temporary_recipient_refusal_is_retried_not_dead_lettered():
 
 
 class _SmtpHandler(socketserver.StreamRequestHandler):
-    """Just enough of an SMTP server for smtplib: EHLO, MAIL, RCPT, DATA, QUIT."""
+    """Just enough of an SMTP server for smtplib: EHLO (offering AUTH, never STARTTLS), AUTH, MAIL, RCPT,
+    DATA, RSET, QUIT. It records what a real server would see, and refuses what server.refuse_data says."""
 
     def handle(self):
         self.wfile.write(b"220 test ESMTP\r\n")
+        rcpts: list[str] = []
         while line := self.rfile.readline():
             verb = line[:4].upper()
             if verb == b"EHLO":
-                self.wfile.write(b"250 test\r\n")
+                self.wfile.write(b"250-test\r\n250 AUTH PLAIN LOGIN\r\n")
+            elif verb == b"AUTH":
+                self.server.logins.append(line)  # the credentials, as they crossed the wire
+                self.wfile.write(b"235 2.7.0 authenticated\r\n")
+            elif verb in (b"MAIL", b"RSET"):
+                rcpts = []
+                self.wfile.write(b"250 ok\r\n")
+            elif verb == b"RCPT":
+                rcpts.append(line.decode().partition(":")[2].strip().strip("<>"))
+                self.wfile.write(b"250 ok\r\n")
             elif verb == b"DATA":
                 self.wfile.write(b"354 go on\r\n")
                 data = []
                 while (chunk := self.rfile.readline()) not in (b".\r\n", b""):
                     data.append(chunk)
-                self.server.received.append(b"".join(data))
-                self.wfile.write(b"250 queued\r\n")
+                message = b"".join(data)
+                refusal = self.server.refuse_data(message)
+                if refusal:
+                    self.wfile.write(refusal + b"\r\n")
+                else:
+                    self.server.received.append(message)
+                    self.server.envelopes.append(rcpts)
+                    self.wfile.write(b"250 queued\r\n")
+                rcpts = []
             elif verb == b"QUIT":
                 self.wfile.write(b"221 bye\r\n")
                 return
@@ -356,10 +374,14 @@ class _SmtpHandler(socketserver.StreamRequestHandler):
 
 
 @contextlib.contextmanager
-def fake_smtp_server():
-    """A local SMTP server on a free port; what it received is in .received (bytes per email)."""
+def fake_smtp_server(refuse_data=lambda message: None):
+    """A local SMTP server on a free port. What it accepted: .received (bytes per email) and .envelopes
+    (the RCPT addresses of each); .logins (AUTH lines). refuse_data(message bytes) -> a reply line such
+    as b"554 5.7.1 refused" refuses that message at the end of DATA (None accepts it)."""
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SmtpHandler)
-    server.received = []
+    server.daemon_threads = True
+    server.received, server.envelopes, server.logins = [], [], []
+    server.refuse_data = refuse_data
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -423,3 +445,163 @@ def test_without_smtp_settings_there_is_no_smtp_host(monkeypatch):
 def test_a_sender_that_is_not_an_address_is_refused():
     with pytest.raises(ValueError):
         em.EmailSettings(group_id="email", smtp_from="nobody")
+
+
+# ---------------------------------------------------- one record's failure is that record's, never a stop
+
+INJECTING = [
+    "=?utf-8?q?x=0D=0ABcc=3A_evil=40attacker.test?=@example.com",  # decodes to a CR LF and a Bcc: header
+    "=?utf-8?q?evil=40attacker.test=2C?=@example.com",              # decodes to a second recipient
+    "Eve <eve@example.com>", "ada@example.com, eve@example.com",
+]
+
+
+def unchecked(**changes) -> schemas.RideConfirmed:
+    """A ride with fields the schema would refuse: what render() gets if a looser schema ever lets one in."""
+    return ride().model_copy(update=changes)
+
+
+@pytest.mark.parametrize("address", INJECTING)
+def test_render_refuses_anything_but_exactly_one_recipient_equal_to_the_customer_email(address):
+    # As Mailer.handle calls it: whatever render() raises becomes this record's one-line reason.
+    with pytest.raises(schemas.PoisonRecord) as e:
+        schemas.record_step("cannot render the email", em.render, unchecked(customer_email=address))
+    assert "\n" not in str(e.value) and "\r" not in str(e.value)
+
+
+def test_any_failure_to_render_dead_letters_the_ride_and_the_next_one_is_emailed(mailer, monkeypatch, tmp_path):
+    real_render, bad = em.render, uuid4()
+
+    def render(r, sender=em.DEFAULT_FROM):
+        if r.ride_id == bad:
+            raise KeyError("something no one foresaw")
+        return real_render(r, sender)
+
+    monkeypatch.setattr(em, "render", render)
+    mailer.handle(record_of(ride(bad), offset=0))
+    mailer.handle(record_of(ride(), offset=1))
+    assert [p.name for p in emails_in(tmp_path / "outbox")] == [f"{RIDE_ID}.eml"]
+    assert mailer.counts.dead_lettered == 1 and mailer.counts.emailed == 1
+    assert "KeyError" in dict(mailer.producer.sent[0][3])[REASON].decode()
+    assert mailer.ledger.status(bad) is None
+
+
+def test_content_refused_for_good_at_data_is_dead_lettered_and_forgotten_by_the_ledger(mailer):
+    def refuse(message, ride_id):
+        raise smtplib.SMTPDataError(554, b"5.7.1 message content refused")
+
+    mailer.transport.deliver = refuse
+    mailer.handle(record_of(ride()))
+    assert mailer.counts.dead_lettered == 1 and mailer.counts.emailed == 0
+    reason = dict(mailer.producer.sent[0][3])[REASON].decode()
+    assert "554" in reason and "refused" in reason
+    assert mailer.ledger.status(RIDE_ID) is None
+
+
+def test_a_temporary_refusal_at_data_is_retried_not_dead_lettered():
+    calls = []
+
+    def busy(message, ride_id):
+        calls.append(1)
+        if len(calls) == 1:
+            raise smtplib.SMTPDataError(451, b"4.3.0 try again later")
+        return "smtp://x"
+
+    assert em.deliver_with_retries(busy, em.render(ride()), RIDE_ID, no_sleep) == "smtp://x"
+
+
+def test_the_smtp_envelope_and_the_to_header_name_exactly_the_customer(smtp_server):
+    smtp = em.Smtp(em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=smtp_server.server_address[1]))
+    try:
+        smtp.deliver(em.render(ride(customer_email="x=y?z@example.com")), RIDE_ID)
+    finally:
+        smtp.close()
+    assert smtp_server.envelopes == [["x=y?z@example.com"]]
+    parsed = message_from_bytes(smtp_server.received[0], policy=email.policy.default)
+    assert [a.addr_spec for a in parsed["To"].addresses] == ["x=y?z@example.com"]
+
+
+# ----------------------------------------------------------------------- SMTP credentials only over TLS
+
+
+def smtp_with_login(server, **extra):
+    return em.Smtp(em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=server.server_address[1],
+                                    smtp_user="bot", smtp_password="s3cret", **extra))
+
+
+def test_no_password_is_sent_to_a_server_without_starttls(smtp_server):
+    smtp = smtp_with_login(smtp_server)
+    with pytest.raises(cli.Fatal) as e:
+        smtp.open()
+    smtp.close()
+    assert "\n" not in str(e.value)
+    assert "STARTTLS" in str(e.value) and "--smtp-allow-plain-login" in str(e.value)
+    assert "s3cret" not in str(e.value)
+    assert smtp_server.logins == []  # the password never crossed the wire
+
+
+def test_a_plain_login_happens_only_when_explicitly_allowed(smtp_server, monkeypatch):
+    monkeypatch.setenv("SMTP_ALLOW_PLAIN_LOGIN", "1")
+    smtp = smtp_with_login(smtp_server)
+    try:
+        smtp.open()
+        smtp.deliver(em.render(ride()), RIDE_ID)
+    finally:
+        smtp.close()
+    assert len(smtp_server.logins) == 1 and len(smtp_server.received) == 1
+
+
+def test_without_credentials_a_server_without_tls_is_fine(smtp_server):
+    smtp = em.Smtp(em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=smtp_server.server_address[1]))
+    try:
+        smtp.open()
+        smtp.deliver(em.render(ride()), RIDE_ID)
+    finally:
+        smtp.close()
+    assert smtp_server.logins == [] and len(smtp_server.received) == 1
+
+
+def test_the_plain_login_flag_is_off_unless_given():
+    assert em.EmailSettings(group_id="email").smtp_allow_plain_login is False
+    s = cli.load(em.EmailSettings, cli.parser("x", group_id="email"), [])
+    assert s.smtp_allow_plain_login is False
+
+
+# ------------------------------------------------------------------------------------- greet by name
+
+
+def test_the_rider_is_greeted_by_name_in_the_body_only():
+    message = em.render(ride(customer_name="Ada Garcia"))
+    assert message.get_content().startswith("Hello Ada Garcia,\n")
+    assert all("Ada" not in str(value) for value in message.values())
+
+
+def test_without_a_name_the_greeting_is_neutral_not_an_identifier():
+    body = em.render(ride(customer_name=None)).get_content()
+    assert body.startswith("Hello,\n") and "cust-0042" not in body
+
+
+def test_a_name_in_any_script_renders_and_parses_back():
+    message = message_from_bytes(bytes(em.render(ride(customer_name="Zoë 山田 Ñúñez"))), policy=email.policy.default)
+    assert message.get_content().startswith("Hello Zoë 山田 Ñúñez,\n")
+
+
+# ---------------------------------------------------------------------- the ledger belongs to one group
+
+
+def test_a_ledger_refuses_a_second_group_in_one_line(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    em.Ledger(path, "email").close()
+    with pytest.raises(cli.Fatal) as e:
+        em.Ledger(path, "email-2")
+    assert "\n" not in str(e.value)
+    assert "belongs to group 'email'" in str(e.value) and "--ledger" in str(e.value)
+
+
+def test_instances_of_one_group_share_a_ledger(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    first, second = em.Ledger(path, "email"), em.Ledger(path, "email")
+    first.sent(RIDE_ID, "<m>")
+    assert second.status(RIDE_ID) == em.SENT  # what lets a scaled-out group skip a rebalanced ride
+    first.close()
+    second.close()
