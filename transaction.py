@@ -37,11 +37,13 @@ from kafka.errors import (
     TransactionCoordinatorFencedError,
     UnsupportedVersionError,
 )
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from common import city, cli, clients, consume, schemas, topics
+from common.changelog import Changelog, Stopped
 from common.dead_letters import DeadLetters, where
-from common.schemas import Place, PoisonRecord, RideConfirmed, RideRejected, RideRequest
+from common.decided import DecidedRides
+from common.schemas import Place, PoisonRecord, RideConfirmed, RideRejected, RideRequest, record_step
 from common.settings import ConsumerSettings
 from common.shutdown import Shutdown
 
@@ -142,6 +144,22 @@ def decide(request: RideRequest, now: datetime) -> RideConfirmed | RideRejected:
     return reject(request, reason, now) if reason else confirm(request, now)
 
 
+def fingerprint(request: RideRequest) -> str:
+    """What makes two requests under one ride_id the same request: everything but the time it was sent
+    (a client that retries stamps its retry anew; `rides.py --seed S` run twice makes the same rides)."""
+    content = request.model_dump_json(exclude={"requested_at"}).encode()
+    return hashlib.blake2b(content, digest_size=8).hexdigest()
+
+
+def repeat_reason(request: RideRequest, decided: str, fingerprint_now: str) -> str | None:
+    """None for the same request again (dropped as a duplicate); else why a request reusing a decided
+    ride_id is set aside: deciding it would give one ride two outcomes, and its rider no answer."""
+    if decided == fingerprint_now:
+        return None
+    return (f"ride_id {request.ride_id} was already decided for a different request; a new ride needs a new "
+            f"ride_id")
+
+
 # ------------------------------------------------------------------------------------ the script
 
 EXACTLY_ONCE = "exactly-once"
@@ -168,6 +186,8 @@ STOP_GRACE = 5.0  # seconds a stop request waits for an unfinished batch's outpu
 class TransactionSettings(ConsumerSettings):
     guarantee: Literal["exactly-once", "at-least-once"] = EXACTLY_ONCE
     instance: Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9._-]+$")] = "0"
+    # How long a decided ride_id is remembered: a request repeated later than this is decided again.
+    dedup_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 24.0
 
     @property
     def transactional_id(self) -> str:
@@ -188,11 +208,15 @@ class Pipeline:
         self.confirmed_topic = settings.topic(topics.RIDE_CONFIRMED)
         self.rejected_topic = settings.topic(topics.RIDE_REJECTED)
         self.totals: Counter[str] = Counter()
+        self.in_transaction = False
         self.producer = self._connect_producer()
+        self.decided = DecidedRides(window_ms=round(settings.dedup_hours * 3_600_000))
+        self.changelog = Changelog(settings, settings.topic(topics.decided_topic(settings.group_id)), self.decided,
+                                   shutdown, f"transaction-{settings.instance}")
         self.consumer: KafkaConsumer = clients.connect(
             settings, shutdown,
             lambda: clients.consumer(settings, [settings.topic(topics.RIDE_DETAILS)],
-                                     f"transaction-{settings.instance}", listener=consume.LogAssignment()),
+                                     f"transaction-{settings.instance}", listener=self.changelog),
             "consumer")
 
     # ------------------------------------------------------------------------------- clients
@@ -240,6 +264,7 @@ class Pipeline:
     def close(self) -> None:
         try:
             self.consumer.close(timeout_ms=2000)
+            self.changelog.close()
         finally:
             try:
                 self.producer.close(timeout=2)
@@ -253,20 +278,25 @@ class Pipeline:
         counts: Counter[str] = Counter()
         futures = []
         for record in records:
+            # Every step here is pure: whatever fails belongs to this record, which is set aside.
             try:
                 request = schemas.decode(RideRequest, record.key, record.value)
+                request_fp = record_step("cannot be fingerprinted", fingerprint, request)
+                decided = self.decided.lookup(record.partition, request.ride_id)
+                if decided is not None:
+                    reason = repeat_reason(request, decided, request_fp)
+                    if reason is None:
+                        log.info("%s: ride %s was already decided: duplicate request dropped", where(record),
+                                 request.ride_id)
+                        counts["duplicates"] += 1
+                        continue
+                    raise PoisonRecord(reason)
+                outcome = record_step("cannot be confirmed", decide, request, now)
             except PoisonRecord as e:
                 futures.append(self.dead_letters.send(record, str(e)))
                 counts["dead_lettered"] += 1
                 continue
-            try:
-                outcome = decide(request, now)
-            except ValidationError as e:
-                # A valid request whose outcome would not be (a bug, or a bound the schemas tightened):
-                # set it aside rather than crash on it at every restart.
-                futures.append(self.dead_letters.send(record, f"cannot be confirmed: {schemas.describe(e)}"))
-                counts["dead_lettered"] += 1
-                continue
+            self.decided.stage(record.partition, request.ride_id, request_fp)
             key = schemas.ride_key(request.ride_id)
             if isinstance(outcome, RideRejected):
                 log.info("%s: ride %s rejected: %s", where(record), request.ride_id, outcome.reason)
@@ -294,19 +324,27 @@ class Pipeline:
                 raise f.exception
 
     def run_batch(self, records: list[ConsumerRecord]) -> None:
+        now = datetime.now(timezone.utc)
         if self.exactly_once:
             self.producer.begin_transaction()
-            counts, futures = self.process(records, datetime.now(timezone.utc))
+            self.in_transaction = True
+            counts, futures = self.process(records, now)
+            # The batch's decisions join its outputs, in the same transaction: remembered if and only if made.
+            futures += self.changelog.send(self.producer)
             # commit_transaction() would send these too, but only a flush says which send failed.
             self._await_delivery(futures)
             # The offsets are committed with the outputs, or not at all: never one without the other.
             # The group metadata lets the broker refuse them if this instance lost the partitions.
             self.producer.send_offsets_to_transaction(consume.next_offsets(records), self.consumer.group_metadata())
             self.producer.commit_transaction()
+            self.in_transaction = False
         else:
-            counts, futures = self.process(records, datetime.now(timezone.utc))
+            counts, futures = self.process(records, now)
             self._await_delivery(futures)  # outputs first ...
+            # ... then the decisions (a crash before them repeats outputs, never loses one) ...
+            self._await_delivery(self.changelog.send(self.producer))
             consume.commit(self.consumer, records)  # ... then the offsets: at-least-once
+        self.decided.commit(int(now.timestamp() * 1000))
         self.totals.update(counts)
         self.totals["batches"] += 1
 
@@ -322,7 +360,9 @@ class Pipeline:
         log.warning("batch of %d records from %s failed (%s: %s): aborting it and reading it again",
                     len(records), where(records[0]), type(error).__name__, error)
         self.totals["aborted"] += 1
-        if self.exactly_once:
+        self.decided.discard()  # the batch is read again: its rides are not decided
+        if self.exactly_once and self.in_transaction:
+            self.in_transaction = False
             if is_fatal(error):
                 self._new_producer(f"the broker aborted the transaction open for {time.monotonic() - started:.0f} s")
             else:
@@ -354,6 +394,7 @@ class Pipeline:
             if records:
                 started = time.monotonic()
                 try:
+                    self.changelog.restore()  # newly assigned partitions: their decided rides first
                     self.run_batch(records)
                     failures = 0
                 except KafkaError as e:
@@ -365,8 +406,18 @@ class Pipeline:
                         break
             if time.monotonic() - last_report >= 10:
                 last_report = time.monotonic()
-                log.info("progress: confirmed=%d rejected=%d dead_lettered=%d", self.totals["confirmed"],
-                         self.totals["rejected"], self.totals["dead_lettered"])
+                log.info("progress: confirmed=%d rejected=%d duplicates=%d dead_lettered=%d",
+                         self.totals["confirmed"], self.totals["rejected"], self.totals["duplicates"],
+                         self.totals["dead_lettered"])
+                self.decided.prune(int(time.time() * 1000))
+
+
+def ensure_decided_topic(settings: TransactionSettings, retention_ms: int) -> None:
+    admin = clients.admin(settings)
+    try:
+        topics.ensure_decided_topic(admin, settings, settings.group_id, retention_ms)
+    finally:
+        admin.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guarantee", choices=[EXACTLY_ONCE, AT_LEAST_ONCE],
                    help="exactly-once: Kafka transactions; at-least-once: flush, then commit (faster; a crash "
                         "may publish a batch twice) (default: exactly-once)")
+    p.add_argument("--dedup-hours", type=float, metavar="H",
+                   help="how long a decided ride_id is remembered; a request repeated later is decided again "
+                        "(default: 24)")
     p.add_argument("--instance", metavar="ID",
                    help="this instance's name, unique among running instances: the transactional.id is "
                         "<topic prefix><group id>-<ID>; two instances with the same ID fence each other "
@@ -382,19 +436,25 @@ def main(argv: list[str] | None = None) -> int:
 
     shutdown = Shutdown.on_signals()
     clients.ensure_topics(settings, shutdown)
+    window_ms = round(settings.dedup_hours * 3_600_000)
+    try:
+        clients.connect(settings, shutdown, lambda: ensure_decided_topic(settings, window_ms), "admin client")
+    except ValueError as e:
+        raise cli.Fatal(str(e)) from None
     pipeline = Pipeline(settings, shutdown)
     log.info("confirming rides from %s in group %s, %s%s", settings.topic(topics.RIDE_DETAILS),
              settings.group_id, settings.guarantee,
              f" (transactional.id {settings.transactional_id})" if pipeline.exactly_once else "")
     try:
         pipeline.run()
-    except Abandoned:
+    except (Abandoned, Stopped):
         log.warning("stopped with a batch unfinished: nothing of it was committed; the next run processes it")
     finally:
         pipeline.close()
         t = pipeline.totals
-        log.info("summary: confirmed=%d rejected=%d dead_lettered=%d batches=%d aborted=%d guarantee=%s",
-                 t["confirmed"], t["rejected"], t["dead_lettered"], t["batches"], t["aborted"], settings.guarantee)
+        log.info("summary: confirmed=%d rejected=%d duplicates=%d dead_lettered=%d batches=%d aborted=%d "
+                 "guarantee=%s", t["confirmed"], t["rejected"], t["duplicates"], t["dead_lettered"], t["batches"],
+                 t["aborted"], settings.guarantee)
     return 0
 
 
