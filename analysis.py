@@ -8,7 +8,12 @@ they include are saved together in one SQLite transaction per batch (--state), a
 rebalance) each partition resumes from the offset saved there, not from Kafka's committed offset: what
 was counted and what was read can never disagree, even after kill -9. The Kafka commit that follows each
 save is only there so that lag monitoring sees the group's progress. Run one instance per state file (a
-lock enforces it): the statistics are of the whole topic, so the group is not meant to be scaled out.
+lock on the file enforces it): the statistics are of the whole topic, so the group is not meant to be
+scaled out. A state file belongs to one topic (its name with the prefix, and its Kafka topic id) and one
+consumer group; any other is refused, never merged into it.
+
+Rides per minute follow the wall clock: the table shows the minutes up to now, and the saved state keeps
+the last day of them (a ride's confirmed_at, set by whoever produced it, can never move that window).
 """
 
 from __future__ import annotations
@@ -104,7 +109,7 @@ class Stats:
 
 
 def minute_of(ride: schemas.RideConfirmed) -> str:
-    return ride.confirmed_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return _minute(ride.confirmed_at)
 
 
 def fold(stats: Stats, ride: schemas.RideConfirmed) -> Stats:
@@ -120,15 +125,22 @@ def fold(stats: Stats, ride: schemas.RideConfirmed) -> Stats:
 # Rides per minute are kept for the last day only (the most --minutes can show): a state file that ran
 # for weeks would otherwise carry, and rewrite on every save, one bucket per minute since it started.
 RETAINED_MINUTES = 1440
+# Buckets up to this many minutes ahead of this machine's clock are kept too: transaction.py stamps
+# confirmed_at with its own host's clock, which may run a little ahead of ours.
+CLOCK_SKEW_MINUTES = 5
 
 
-def prune(stats: Stats, keep: int = RETAINED_MINUTES) -> Stats:
-    """Drop the per-minute buckets older than the newest `keep` minutes (in place). Called once per batch,
-    before saving: fold() stays order-independent, and every saved state holds exactly that window."""
-    if stats.minutes:
-        newest = datetime.strptime(max(stats.minutes), "%Y-%m-%d %H:%M")
-        cutoff = (newest - timedelta(minutes=keep - 1)).strftime("%Y-%m-%d %H:%M")
-        stats.minutes = {m: n for m, n in stats.minutes.items() if m >= cutoff}
+def _minute(at: datetime) -> str:
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def prune(stats: Stats, now: datetime, keep: int = RETAINED_MINUTES) -> Stats:
+    """Keep only the per-minute buckets of the `keep` minutes up to `now` (plus CLOCK_SKEW_MINUTES ahead),
+    in place; called once per batch, before saving. The window follows the clock, never the data: one
+    confirmation stamped 9999-12-31 must not push every real minute out of it. Totals are never pruned."""
+    oldest = _minute(now - timedelta(minutes=keep - 1))
+    newest = _minute(now + timedelta(minutes=CLOCK_SKEW_MINUTES))
+    stats.minutes = {m: n for m, n in stats.minutes.items() if oldest <= m <= newest}
     return stats
 
 
@@ -141,9 +153,9 @@ def _fare(amount: Decimal | None, currency: str) -> str:
     return "-" if amount is None else f"{amount:.2f}{currency}"
 
 
-def render(stats: Stats, minutes: int = 5, zones: int = 8) -> str:
+def render(stats: Stats, now: datetime, minutes: int = 5, zones: int = 8) -> str:
     """The table: totals, the busiest pickup zones, and rides per minute over the last `minutes` windows
-    (ending at the latest minute seen, so that the table depends on the data only, not on the clock)."""
+    ending at `now` (the wall clock, so that an idle pipeline shows zeros and no record moves the window)."""
     currency = f" {next(iter(stats.currencies))}" if len(stats.currencies) == 1 else ""
     eta = "-" if stats.all.mean_eta is None else f"{stats.all.mean_eta:.1f} min"
     fare = _fare(stats.all.mean_fare, currency) if len(stats.currencies) <= 1 else "(several currencies)"
@@ -157,9 +169,8 @@ def render(stats: Stats, minutes: int = 5, zones: int = 8) -> str:
                          f"{t.mean_eta:>8.1f} {_fare(t.mean_fare, ''):>9}")
         if len(busiest) > zones:
             lines.append(f"  ... and {len(busiest) - zones} more zones")
-    if stats.minutes:
-        last = datetime.strptime(max(stats.minutes), "%Y-%m-%d %H:%M")
-        windows = [(last - timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M") for i in reversed(range(minutes))]
+    if stats.all.rides:
+        windows = [_minute(now - timedelta(minutes=i)) for i in reversed(range(minutes))]
         lines.append("  rides per minute (UTC): "
                      + "  ".join(f"{w[-5:]} {stats.minutes.get(w, 0)}" for w in windows))
     return "\n".join(lines)
@@ -181,7 +192,7 @@ class State:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._lock = _lock(path)
+        self._lock = _lock(path)  # before SQLite opens it: a second instance must not even read it
         self._db = sqlite3.connect(path, timeout=30)
         # WAL: a save is one append and one fsync (synchronous=FULL, the default: survives power loss too).
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -190,8 +201,10 @@ class State:
                              " json TEXT NOT NULL)")
             self._db.execute("CREATE TABLE IF NOT EXISTS offsets (topic TEXT NOT NULL, partition INTEGER NOT NULL,"
                              " next_offset INTEGER NOT NULL, PRIMARY KEY (topic, partition))")
-            # Which incarnation of the topic the offsets belong to (Kafka's topic id).
-            self._db.execute("CREATE TABLE IF NOT EXISTS topics (topic TEXT PRIMARY KEY, topic_id TEXT NOT NULL)")
+            # Whose statistics these are: one topic (by name and by Kafka's topic id, which changes when a
+            # topic is deleted and created again) read by one consumer group. Set once, checked at every start.
+            self._db.execute("CREATE TABLE IF NOT EXISTS source (id INTEGER PRIMARY KEY CHECK (id = 1),"
+                             " topic TEXT NOT NULL, topic_id TEXT NOT NULL, group_id TEXT NOT NULL)")
 
     def load(self) -> tuple[Stats, dict[TopicPartition, int]]:
         return _load(self._db)
@@ -205,16 +218,24 @@ class State:
                 [(tp.topic, tp.partition, offset) for tp, offset in offsets.items()],
             )
 
-    def check_topic(self, topic: str, topic_id: str) -> None:
-        """Refuse a state saved for another topic of the same name: its offsets would mean nothing here."""
-        row = self._db.execute("SELECT topic_id FROM topics WHERE topic = ?", (topic,)).fetchone()
-        if row is None:
+    def bind(self, topic: str, topic_id: str, group_id: str) -> None:
+        """Refuse statistics of another source: a renamed topic, another prefix, a topic deleted and created
+        again, another cluster or another group. Their totals and offsets would be silently merged."""
+        wanted = (topic, topic_id, group_id)
+        row = self._db.execute("SELECT topic, topic_id, group_id FROM source WHERE id = 1").fetchone()
+        if row is None:  # a new file, or one saved before sources were recorded: its offsets tell
+            counted = {t for (t,) in self._db.execute("SELECT DISTINCT topic FROM offsets")} - {topic}
+            if counted:
+                raise cli.Fatal(f"{self.path} holds statistics of topic {', '.join(sorted(counted))}, not of "
+                                f"{topic}; they are never merged: delete the file or pass another --state")
             with self._db:
-                self._db.execute("INSERT INTO topics (topic, topic_id) VALUES (?, ?)", (topic, topic_id))
-        elif row[0] != topic_id:
-            raise cli.Fatal(f"{self.path} holds statistics of another topic named {topic} (topic id {row[0]}, "
-                            f"now {topic_id}: deleted and created again, or another cluster); delete the file or "
-                            f"pass another --state to start over")
+                self._db.execute("INSERT INTO source (id, topic, topic_id, group_id) VALUES (1, ?, ?, ?)", wanted)
+        elif tuple(row) != wanted:
+            differs = [f"{name} {new} (not {old})" for name, old, new in
+                       zip(("topic", "topic id", "group"), row, wanted, strict=True) if old != new]
+            raise cli.Fatal(f"{self.path} holds the statistics of topic {row[0]} (topic id {row[1]}) for group "
+                            f"{row[2]}, but this run reads {'; '.join(differs)}; they are never merged: "
+                            f"delete the file or pass another --state")
 
     def close(self) -> None:
         self._db.close()
@@ -223,10 +244,14 @@ class State:
 
 
 def _lock(path: Path):
-    """Hold an exclusive lock on the state file: a second instance would overwrite the first's totals."""
+    """Hold an exclusive lock on the state file itself: a second instance would overwrite the first's
+    totals. The file itself, so that no lock file can be deleted from under it. flock() locks are apart
+    from the POSIX (fcntl) locks SQLite takes on the same file, so they do not disturb it (on local file
+    systems: NFS emulates flock() with POSIX locks). Closed only after the database: closing any
+    descriptor of a file drops the process's POSIX locks on it, SQLite's included."""
     if fcntl is None:
         return None
-    lock = open(path.with_name(path.name + ".lock"), "a")
+    lock = open(path, "ab")  # creates it if need be: SQLite takes an empty file for an empty database
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -289,6 +314,17 @@ def advance(saved: dict[TopicPartition, int], records: list[ConsumerRecord]) -> 
     return {tp: max(om.offset, saved.get(tp, 0)) for tp, om in consume.next_offsets(records).items()}
 
 
+def source_topic_id(settings: AnalysisSettings) -> str:
+    """Create the topics still missing, and return the id of the one analysed (which incarnation it is)."""
+    source = settings.topic(topics.RIDE_CONFIRMED)
+    admin = clients.admin(settings)
+    try:
+        topics.ensure_topics(admin, settings, [topics.RIDE_CONFIRMED, topics.dead_letter_topic(topics.RIDE_CONFIRMED)])
+        return str(admin.describe_topics([source])[0]["topic_id"])
+    finally:
+        admin.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, group_id="analysis")
     p.add_argument("--state", metavar="PATH", help="SQLite file of the statistics and their offsets "
@@ -305,13 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, sqlite3.Error, ValueError, KeyError) as e:
         raise cli.Fatal(f"cannot use the state file {settings.state}: {e}") from None
     try:
-        admin = clients.connect(settings, shutdown, lambda: clients.admin(settings), "admin")
-        try:
-            topics.ensure_topics(admin, settings, [topics.RIDE_CONFIRMED,
-                                                   topics.dead_letter_topic(topics.RIDE_CONFIRMED)])
-            state.check_topic(source, admin.describe_topics([source])[0]["topic_id"])
-        finally:
-            admin.close()
+        # The whole admin block is retried, not only building the client: the broker can go away between
+        # two admin calls just as well.
+        topic_id = clients.connect(settings, shutdown, lambda: source_topic_id(settings), "admin")
+        state.bind(source, topic_id, settings.group_id)
         producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "analysis-dead-letters"),
                                    "dead-letter producer")
     except BaseException:
@@ -350,14 +383,14 @@ def main(argv: list[str] | None = None) -> int:
                 producer.flush()
                 stop_if_undelivered(sends, "analysis.py", what_is_kept="saving")
                 offsets = advance(saved, records)
-                state.save(prune(stats), offsets)
+                state.save(prune(stats, now=datetime.now(timezone.utc)), offsets)
                 saved.update(offsets)
                 consume.commit(consumer, records)  # for lag monitoring only: the state file is the truth
             if time.monotonic() >= next_print:
                 next_print = time.monotonic() + settings.every
                 if (stats.all.rides, stats.dead_lettered) != printed:
                     printed = (stats.all.rides, stats.dead_lettered)
-                    print(render(stats, settings.minutes), flush=True)
+                    print(render(stats, datetime.now(timezone.utc), settings.minutes), flush=True)
     finally:
         # No save here: everything counted so far was saved with its batch, and a batch cut short by an
         # error must not be saved half-counted. What is printed is what the state file holds.
@@ -365,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         consumer.close(autocommit=False)
         final, _ = state.load()
         state.close()
-        print(render(final, settings.minutes), file=sys.stdout, flush=True)
+        print(render(final, datetime.now(timezone.utc), settings.minutes), file=sys.stdout, flush=True)
         log.info("%s", summary(final))
     return 0
 

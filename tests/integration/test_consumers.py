@@ -153,7 +153,8 @@ def test_fan_out_both_groups_get_every_confirmed_ride(run):
     expected = analysis.Stats()
     for r in rides:
         analysis.fold(expected, r)
-    assert analysis.load_state(run.state)[0] == expected
+    # Rides per minute follow the wall clock: these rides of T0 are older than the day analysis.py keeps.
+    assert analysis.load_state(run.state)[0] == analysis.prune(expected, now=datetime.now(timezone.utc))
     summary = parse_summary(analyser.log())
     assert summary["total"] == 300 and summary["zones"] == len({r.pickup.zone for r in rides})
     assert "confirmed rides: 300" in analyser.stdout()

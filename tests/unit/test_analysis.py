@@ -1,8 +1,11 @@
 """analysis.py without a broker: folding statistics, the table, the saved state and how it resumes."""
 
 import random
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -15,6 +18,7 @@ import analysis
 from common import cli, schemas
 from tests.unit.strategies import ride_confirmations
 
+ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 
 
@@ -88,7 +92,7 @@ def test_statistics_survive_a_json_round_trip(rides):
 def test_render_shows_totals_busiest_zones_and_rides_per_minute():
     stats = fold_all([ride("Mitte", 4.0, "10.00"), ride("Mitte", 8.0, "20.00"),
                       ride("Kreuzberg", 6.0, "12.00", at=T0 + timedelta(minutes=2))])
-    table = analysis.render(stats, minutes=3)
+    table = analysis.render(stats, T0 + timedelta(minutes=2, seconds=30), minutes=3)
     lines = table.splitlines()
     assert lines[0] == "confirmed rides: 3   mean pickup ETA: 6.0 min   mean fare: 14.00 EUR"
     assert lines[1].split() == ["pickup", "zone", "rides", "share", "ETA", "min", "fare"]
@@ -98,12 +102,12 @@ def test_render_shows_totals_busiest_zones_and_rides_per_minute():
 
 
 def test_render_of_nothing_yet():
-    assert analysis.render(analysis.Stats()) == "confirmed rides: 0   mean pickup ETA: -   mean fare: -"
+    assert analysis.render(analysis.Stats(), T0) == "confirmed rides: 0   mean pickup ETA: -   mean fare: -"
 
 
 def test_render_keeps_one_line_per_zone_whatever_the_zone_name_and_caps_the_zones():
     stats = fold_all([ride("evil\nzone"), *[ride(f"zone-{i}") for i in range(10)]])
-    table = analysis.render(stats, zones=8)
+    table = analysis.render(stats, T0, zones=8)
     assert "evil?zone" in table
     assert len(table.splitlines()) == 1 + 1 + 8 + 1 + 1
     assert "... and 3 more zones" in table
@@ -111,7 +115,7 @@ def test_render_keeps_one_line_per_zone_whatever_the_zone_name_and_caps_the_zone
 
 def test_render_does_not_average_fares_of_different_currencies():
     stats = fold_all([ride(currency="EUR"), ride(currency="USD")])
-    assert "(several currencies)" in analysis.render(stats)
+    assert "(several currencies)" in analysis.render(stats, T0)
 
 
 def test_summary_line_format():
@@ -162,14 +166,61 @@ def test_a_second_instance_on_the_same_state_file_is_refused(tmp_path):
     analysis.State(tmp_path / "analysis.db").close()  # free again once the first has closed
 
 
-def test_a_state_of_another_incarnation_of_the_topic_is_refused(tmp_path):
+def test_the_lock_is_the_state_file_itself_so_deleting_any_other_file_frees_nothing(tmp_path):
+    first = analysis.State(tmp_path / "analysis.db")
+    try:
+        first.save(fold_all([ride()]), {TP0: 1})
+        for other in tmp_path.iterdir():  # a .lock file, the WAL, its index: whatever sits beside it
+            if other.name != "analysis.db":
+                other.unlink()
+        with pytest.raises(cli.Fatal, match="another analysis.py is using"):
+            analysis.State(tmp_path / "analysis.db")
+    finally:
+        first.close()
+
+
+def test_the_lock_leaves_sqlite_alone(tmp_path):
+    # flock() and SQLite's own POSIX (fcntl) locks are independent on Linux: while the state is locked,
+    # its owner keeps saving and another process can still read it (tests and the demo do).
+    path = tmp_path / "analysis.db"
+    state = analysis.State(path)
+    try:
+        for n in range(1, 4):
+            state.save(fold_all([ride()] * n), {TP0: n})
+            out = subprocess.run(
+                [sys.executable, "-c", "import sys, analysis; print(analysis.load_state(sys.argv[1])[0].all.rides)",
+                 str(path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+            assert out.stdout.strip() == str(n), out.stderr
+    finally:
+        state.close()
+
+
+SOURCE = ("p.ride_confirmed", "id-1", "p.analysis")
+
+
+def test_a_state_is_bound_to_one_topic_name_topic_id_and_group(tmp_path):
     state = analysis.State(tmp_path / "analysis.db")
     try:
-        state.check_topic("p.ride_confirmed", "id-1")
-        state.check_topic("p.ride_confirmed", "id-1")  # the same topic: fine
-        state.check_topic("q.ride_confirmed", "id-2")  # another topic: fine too
-        with pytest.raises(cli.Fatal, match="another topic named p.ride_confirmed"):
-            state.check_topic("p.ride_confirmed", "id-3")
+        state.bind(*SOURCE)
+        state.bind(*SOURCE)  # the same source: fine
+        for other, what in [(("q.ride_confirmed", "id-1", "p.analysis"), "topic q.ride_confirmed"),
+                            (("p.ride_confirmed", "id-3", "p.analysis"), "topic id id-3"),
+                            (("p.ride_confirmed", "id-1", "other"), "group other")]:
+            with pytest.raises(cli.Fatal) as e:
+                state.bind(*other)
+            message = str(e.value)
+            assert "\n" not in message and what in message
+            assert "p.ride_confirmed" in message and "delete the file or pass another --state" in message
+    finally:
+        state.close()
+
+
+def test_a_state_that_counted_another_topic_before_it_was_bound_is_refused(tmp_path):
+    state = analysis.State(tmp_path / "analysis.db")
+    try:
+        state.save(fold_all([ride()]), {TopicPartition("old.ride_confirmed", 0): 1})
+        with pytest.raises(cli.Fatal, match="old.ride_confirmed"):
+            state.bind(*SOURCE)
     finally:
         state.close()
 
@@ -231,7 +282,78 @@ def test_pruning_keeps_exactly_the_last_day_of_minutes_whatever_the_order():
     for start in range(0, len(rides), 50):
         for r in rides[start:start + 50]:
             analysis.fold(stats, r)
-        analysis.prune(stats)
+        analysis.prune(stats, now=newest + timedelta(seconds=30))
     assert stats.minutes == expected
     assert 200 < sum(expected.values()) < 210  # the last 1,440 minutes: 205 or 206 rides at one per 7 min
     assert stats.all.rides == len(rides)  # totals are never pruned
+
+
+FAR_FUTURE = datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc)
+
+
+def test_one_confirmation_from_the_far_future_erases_no_minute():
+    # Any producer of ride_confirmed can write confirmed_at=9999-12-31T23:59Z. The window follows the wall
+    # clock, so that record cannot push every real minute out of it.
+    now = T0 + timedelta(minutes=10, seconds=5)
+    real = [ride(at=T0 + timedelta(minutes=i)) for i in range(11)]
+    stats = fold_all([*real, ride(at=FAR_FUTURE)])
+    analysis.prune(stats, now=now)
+    assert stats.minutes == {analysis.minute_of(r): 1 for r in real}
+    assert stats.all.rides == 12  # counted in the totals all the same
+    last = analysis.render(stats, now, minutes=3).splitlines()[-1]
+    assert last == "  rides per minute (UTC): 08:08 1  08:09 1  08:10 1"
+
+
+def test_pruning_keeps_the_window_around_now_and_nothing_else():
+    now = T0 + timedelta(days=3)
+    window = analysis.RETAINED_MINUTES
+    skew = analysis.CLOCK_SKEW_MINUTES
+    kept = [now - timedelta(minutes=window - 1), now, now + timedelta(minutes=skew)]
+    dropped = [now - timedelta(minutes=window + 1), now + timedelta(minutes=skew + 1), T0, FAR_FUTURE]
+    stats = fold_all([ride(at=at) for at in kept + dropped])
+    analysis.prune(stats, now=now)
+    assert sorted(stats.minutes) == sorted(analysis.minute_of(ride(at=at)) for at in kept)
+    assert stats.all.rides == len(kept) + len(dropped)
+
+
+def test_the_table_shows_the_minutes_up_to_now_whatever_the_data():
+    stats = fold_all([ride(at=T0), ride(at=T0 + timedelta(minutes=1))])
+    # An hour later with no new rides: the table says so, instead of repeating the last busy minutes.
+    table = analysis.render(stats, T0 + timedelta(hours=1, seconds=59), minutes=2)
+    assert table.splitlines()[-1] == "  rides per minute (UTC): 08:59 0  09:00 0"
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_start_up_admin_calls_survive_a_broker_that_drops_the_connection(tmp_path, monkeypatch):
+    # The admin client is built, then the broker goes away before describe_topics answers: a
+    # KafkaConnectionError after connect() returned. That must be retried like a failed connect.
+    from kafka.errors import KafkaConnectionError
+
+    calls = []
+
+    class FlakyAdmin:
+        def list_topics(self):
+            return ["p.ride_confirmed", "p.ride_confirmed.dlq"]
+
+        def describe_topics(self, names):
+            calls.append(names)
+            if len(calls) == 1:
+                raise KafkaConnectionError("111 ECONNREFUSED")
+            return [{"topic": names[0], "topic_id": "id-1"}]
+
+        def close(self):
+            pass
+
+    def producer(*_args, **_kwargs):
+        raise Stop  # got past the admin block: that is all this test needs
+
+    monkeypatch.setattr(analysis.clients, "admin", lambda settings: FlakyAdmin())
+    monkeypatch.setattr(analysis.clients, "producer", producer)
+    monkeypatch.setattr(analysis.Shutdown, "on_signals", classmethod(lambda cls: cls()))
+    with pytest.raises(Stop):
+        analysis.main(["--state", str(tmp_path / "analysis.db"), "--topic-prefix", "p.", "--wait", "10"])
+    assert len(calls) == 2
+    assert analysis.load_state(tmp_path / "analysis.db") == (analysis.Stats(), {})
