@@ -357,8 +357,8 @@ class Pipeline:
             time.monotonic() - started >= self.producer.config["transaction_timeout_ms"] / 1000
         if is_fatal(error) and not timed_out:
             raise cli.Fatal(self._fatal_message(error)) from None
-        log.warning("batch of %d records from %s failed (%s: %s): aborting it and reading it again",
-                    len(records), where(records[0]), type(error).__name__, error)
+        log.warning("batch of %d records%s failed (%s: %s): aborting it and reading it again", len(records),
+                    f" from {where(records[0])}" if records else "", type(error).__name__, error)
         self.totals["aborted"] += 1
         self.decided.discard()  # the batch is read again: its rides are not decided
         if self.exactly_once and self.in_transaction:
@@ -391,11 +391,12 @@ class Pipeline:
         failures = 0
         while not self.shutdown.requested:
             records = consume.poll_batch(self.consumer)
-            if records:
+            if records or self.changelog.to_restore:
                 started = time.monotonic()
                 try:
                     self.changelog.restore()  # newly assigned partitions: their decided rides first
-                    self.run_batch(records)
+                    if records:
+                        self.run_batch(records)
                     failures = 0
                 except KafkaError as e:
                     self.recover(records, e, started)

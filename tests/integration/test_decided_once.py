@@ -1,0 +1,132 @@
+"""ride_id is the idempotency key: transaction.py decides each ride once, however often it is requested.
+
+rides.py run twice with one seed sends the same rides twice; a request reusing a decided ride_id with other
+content is set aside; what was decided survives restarts and rebalances (the changelog), in both guarantees.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from common import dead_letters, schemas
+from common.schemas import RideRequest
+from tests.integration.pipeline import (
+    Script,
+    header,
+    keys,
+    parse_summary,
+    produce_raw,
+    read_all,
+    unique_prefix,
+    wait_until,
+)
+from tests.integration.test_transaction import (
+    assert_exactly_once,
+    expected_outcomes,
+    run_rides,
+    transaction_py,
+    wait_for_outcomes,
+)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return unique_prefix("once")
+
+
+def decided_twice(bootstrap: str, prefix: str) -> dict[str, int]:
+    outcomes = Counter(keys(read_all(bootstrap, prefix + "ride_confirmed", quiet=1)))
+    outcomes.update(keys(read_all(bootstrap, prefix + "ride_rejected", quiet=1)))
+    return {k: n for k, n in outcomes.items() if n > 1}
+
+
+@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+def test_rides_sent_twice_with_one_seed_are_decided_once(guarantee, kafka_bootstrap, prefix, tmp_path):
+    assert run_rides(kafka_bootstrap, prefix, tmp_path, "--count", "10", "--seed", "42")["acknowledged"] == 10
+    assert run_rides(kafka_bootstrap, prefix, tmp_path, "--count", "10", "--seed", "42")["acknowledged"] == 10
+    want_confirmed, want_rejected, in_details = expected_outcomes(kafka_bootstrap, prefix)
+    assert in_details == 20 and len(want_confirmed | want_rejected) == 10
+    with transaction_py(kafka_bootstrap, prefix, tmp_path, "--guarantee", guarantee) as tx:
+        confirmed, rejected = wait_for_outcomes(kafka_bootstrap, prefix, len(want_confirmed), len(want_rejected))
+        wait_until(lambda: "duplicate request dropped" in tx.log(), timeout=30, what="duplicates dropped")
+        tx.stop()
+    assert_exactly_once(confirmed, rejected, want_confirmed, want_rejected)
+    summary = parse_summary(tx.log())
+    assert (summary["confirmed"] + summary["rejected"], summary["duplicates"], summary["dead_lettered"]) == (10, 10, 0)
+
+
+def test_another_request_under_a_decided_ride_id_is_set_aside_with_its_reason(kafka_bootstrap, prefix, tmp_path):
+    run_rides(kafka_bootstrap, prefix, tmp_path, "--count", "5", "--seed", "8")
+    original = schemas.decode(RideRequest, *(lambda r: (r.key, r.value))(read_all(kafka_bootstrap,
+                                                                                  prefix + "ride_details")[0]))
+    impostor = original.model_copy(update={"customer_id": "cust-66666", "customer_email": "mallory@example.net",
+                                           "customer_name": "Mallory"})
+    key = schemas.ride_key(original.ride_id)
+    produce_raw(kafka_bootstrap, prefix + "ride_details", [(key, schemas.encode(impostor)),
+                                                           (key, schemas.encode(original))])
+    with transaction_py(kafka_bootstrap, prefix, tmp_path) as tx:
+        wait_until(lambda: "duplicates=" in tx.log() or parse_counts(tx.log()) >= 7, timeout=60,
+                   what="7 requests handled")
+        tx.stop()
+    summary = parse_summary(tx.log())
+    assert (summary["confirmed"] + summary["rejected"], summary["duplicates"], summary["dead_lettered"]) == (5, 1, 1)
+    assert not decided_twice(kafka_bootstrap, prefix)
+    confirmed = [schemas.decode(schemas.RideConfirmed, r.key, r.value)
+                 for r in read_all(kafka_bootstrap, prefix + "ride_confirmed", quiet=1) if r.key == key]
+    if confirmed:  # the first request's rider gets the ride, never the impostor
+        assert confirmed[0].customer_email == original.customer_email
+    [letter] = read_all(kafka_bootstrap, prefix + "ride_details.dlq", quiet=1)
+    assert letter.key == key and json.loads(letter.value)["customer_id"] == "cust-66666"
+    assert f"ride_id {original.ride_id} was already decided for a different request" in \
+        header(letter, dead_letters.REASON)
+
+
+def parse_counts(log: str) -> int:
+    return log.count("duplicate request dropped") + log.count("set aside in")
+
+
+def test_what_was_decided_survives_a_restart_and_a_rebalance(kafka_bootstrap, prefix, tmp_path):
+    run_rides(kafka_bootstrap, prefix, tmp_path, "--count", "300", "--seed", "9")
+    want_confirmed, want_rejected, _ = expected_outcomes(kafka_bootstrap, prefix)
+    with transaction_py(kafka_bootstrap, prefix, tmp_path) as first:
+        wait_for_outcomes(kafka_bootstrap, prefix, len(want_confirmed), len(want_rejected))
+        first.stop()
+    # The same 300 rides again, now read by two new instances: partitions are restored from the changelog,
+    # and one instance takes partitions from the other while the duplicates arrive.
+    with transaction_py(kafka_bootstrap, prefix, tmp_path, "--instance", "a") as a:
+        a.wait_for_log(r"restored \d+ decided rides", timeout=60)
+        with transaction_py(kafka_bootstrap, prefix, tmp_path, "--instance", "b") as b:
+            assert run_rides(kafka_bootstrap, prefix, tmp_path, "--count", "300", "--seed", "9")["acknowledged"] == 300
+            b.wait_for_log(r"restored \d+ decided rides", timeout=60)
+
+            def all_dropped() -> bool:
+                return a.log().count("duplicate request dropped") + b.log().count("duplicate request dropped") >= 300
+            wait_until(all_dropped, timeout=120, what="300 duplicates dropped")
+            b.stop()
+        a.stop()
+    assert not decided_twice(kafka_bootstrap, prefix)
+    sa, sb = parse_summary(a.log()), parse_summary(b.log())
+    assert sa["confirmed"] + sa["rejected"] + sb["confirmed"] + sb["rejected"] == 0
+    assert sa["duplicates"] + sb["duplicates"] == 300
+
+
+def test_a_ride_whose_decision_was_aborted_is_decided_when_read_again(kafka_bootstrap, prefix, tmp_path):
+    # transaction.py killed with a transaction open: the changelog entries in it were never committed, so
+    # the rides of that batch must not look decided to the next run (or they would be dropped: lost).
+    with Script("rides.py", "--count", "600", "--rate", "200", "--seed", "10", bootstrap=kafka_bootstrap,
+                prefix=prefix, log_dir=tmp_path) as rides:
+        with transaction_py(kafka_bootstrap, prefix, tmp_path) as victim:
+            wait_until(lambda: "progress:" in victim.log() or len(read_all(
+                kafka_bootstrap, prefix + "ride_confirmed", quiet=0.2, isolation_level="read_uncommitted")) >= 150,
+                timeout=60, what="150 rides decided")
+            victim.kill()
+        rides.wait(timeout=60)
+    want_confirmed, want_rejected, _ = expected_outcomes(kafka_bootstrap, prefix)
+    with transaction_py(kafka_bootstrap, prefix, tmp_path) as tx:
+        confirmed, rejected = wait_for_outcomes(kafka_bootstrap, prefix, len(want_confirmed), len(want_rejected))
+        tx.stop()
+    assert_exactly_once(confirmed, rejected, want_confirmed, want_rejected)
+    assert parse_summary(tx.log())["duplicates"] == 0
