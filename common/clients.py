@@ -25,6 +25,9 @@ ATTEMPT_TIMEOUT_MS = 5000
 # kafka-python backs off reconnecting to a lost broker exponentially up to 30 s (the Java client: 1 s),
 # so after a broker restart a script would sit idle for up to half a minute after the broker is back.
 RECONNECT_BACKOFF_MAX_MS = 1000
+# While Kafka is down, how often a producer's I/O thread may ask for new metadata (see
+# _ThrottledMetadataRequests); the client's own retry backoff is 0.1 s.
+METADATA_REQUEST_INTERVAL = 0.1
 
 
 def admin(settings: Settings) -> KafkaAdminClient:
@@ -36,7 +39,7 @@ def admin(settings: Settings) -> KafkaAdminClient:
 
 
 def producer(settings: Settings, client_id: str, *, transactional_id: str | None = None) -> KafkaProducer:
-    return KafkaProducer(
+    p = KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=client_id,
         bootstrap_timeout_ms=ATTEMPT_TIMEOUT_MS,
@@ -55,6 +58,41 @@ def producer(settings: Settings, client_id: str, *, transactional_id: str | None
         # partitions until it times out: keep that short (default 60 s).
         transaction_timeout_ms=15000,
     )
+    _throttle_metadata_requests(p)
+    return p
+
+
+class _ThrottledMetadataRequests:
+    """The producer's cluster metadata as its I/O thread sees it, with at most one update request per
+    METADATA_REQUEST_INTERVAL while one is pending.
+
+    Workaround for kafka-python 3.0.12 (pinned): while a partition with records waiting has no leader, as
+    after the broker shut down, the I/O thread calls request_update() on every pass of its loop, and
+    each call wakes that same loop at once: the thread spins, a whole core for as long as the outage
+    lasts (bench/outage_cpu.py). A repeat request while one is pending only wakes the loop; the metadata
+    refresh retries by itself with its own backoff, and what the caller gets back is the pending update
+    either way.
+    """
+
+    def __init__(self, cluster) -> None:
+        self._cluster = cluster
+        self._pending = None  # the future of the last update requested
+        self._next_request = 0.0
+
+    def __getattr__(self, name: str):
+        return getattr(self._cluster, name)
+
+    def request_update(self):
+        now = time.monotonic()
+        if self._pending is None or self._pending.is_done or now >= self._next_request:
+            self._pending = self._cluster.request_update()
+            self._next_request = now + METADATA_REQUEST_INTERVAL
+        return self._pending
+
+
+def _throttle_metadata_requests(p: KafkaProducer) -> None:
+    sender = p._sender  # private: the workaround is for the pinned version only
+    sender._metadata = _ThrottledMetadataRequests(sender._metadata)
 
 
 def consumer(

@@ -6,6 +6,7 @@ test; this is the "start everything, then the broker" order people hit on their 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ from tests.integration.pipeline import Script, keys, read_all, unique_prefix, wa
 
 RIDES = 50
 WAITING = r"Kafka is not reachable at \S+ yet"
+OUTAGE = 10.0  # seconds of the outage whose CPU is measured
 
 
 @pytest.fixture
@@ -106,3 +108,26 @@ def test_sigterm_while_the_broker_is_down_stops_within_10_s_and_loses_nothing(la
     decided = Counter(keys(read_all(bootstrap, prefix + "ride_confirmed"))
                       + keys(read_all(bootstrap, prefix + "ride_rejected")))
     assert set(decided) == requested and max(decided.values()) == 1
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all threads (fields 14 and 15 of /proc/<pid>/stat)."""
+    stat = open(f"/proc/{pid}/stat").read()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads CPU time from /proc")
+def test_rides_py_idles_while_the_broker_is_down(late_broker, tmp_path):
+    broker, port = late_broker
+    bootstrap = broker.start(port=port)
+    prefix = unique_prefix("idle")
+    with Script("rides.py", "--rate", "50", bootstrap=bootstrap, prefix=prefix, log_dir=tmp_path) as rides:
+        rides.wait_for_log(r"progress: requested=\d+ acknowledged=[1-9]")
+        broker.stop()
+        before, started = cpu_seconds(rides.pid), time.monotonic()
+        time.sleep(OUTAGE)  # the window measured, not a wait for a condition
+        share = (cpu_seconds(rides.pid) - before) / (time.monotonic() - started)
+        assert rides.running, rides.log()
+        # Before the fix the producer's I/O thread spun through the whole outage: 100 % of a core.
+        assert share < 0.15, f"rides.py used {share:.0%} of a core while Kafka was down"
