@@ -12,6 +12,8 @@ The jars come from KAFKA_HOME/libs (an unpacked Kafka distribution) when KAFKA_H
 resolved once with Maven (common/kafka-runtime.pom.xml) into the git-ignored .cache/ and reused.
 The JVM runs in its own process group, watched by a tiny watchdog process that stops it if this Python
 process dies without calling stop() (a killed test run must not leave a broker behind).
+One launcher per data dir: it holds a flock on the folder (shared with its JVM) from start() to stop(),
+and a second launcher on the same folder refuses in one line before touching anything in it.
 """
 
 from __future__ import annotations
@@ -253,6 +255,7 @@ class LocalBroker:
         self.proc: subprocess.Popen | None = None
         self._watchdog: subprocess.Popen | None = None
         self._atexit_registered = False
+        self._dir_lock: int | None = None  # a descriptor of the data dir, flock()ed while this launcher uses it
 
     # -- public API
 
@@ -276,11 +279,15 @@ class LocalBroker:
         """
         if self.is_running():
             raise RuntimeError(f"already running at {self.bootstrap_servers}")
+        self._lock_data_dir()  # first: nothing in a data dir in use may be touched, not even read
         java = check_java(self.java_home)
         libs = resolve_libs(self.kafka_home, self.cache_dir)
-        if fresh and self.data_dir.exists():
-            shutil.rmtree(self.data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:  # empty it, but keep the folder: the lock is on it
+            for entry in self.data_dir.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         state = self._load_state()
         self.port, self.controller_port = self._pick_ports(port or 0, state)
@@ -313,6 +320,9 @@ class LocalBroker:
                 [java, f"-Xms{HEAP}", f"-Xmx{HEAP}", "-Djava.awt.headless=true", log4j,
                  "-cp", classpath, "kafka.Kafka", str(server_properties)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                # The JVM shares the data dir's lock: if this launcher is killed, the dir stays locked
+                # until its broker, stopped by the watchdog, is gone too.
+                pass_fds=(self._dir_lock,),
             )  # fmt: skip
         # For people and tests who need the JVM's pid (e.g. to check that nothing is left running).
         (self.data_dir / "broker.pid").write_text(f"{self.proc.pid}\n")
@@ -335,7 +345,13 @@ class LocalBroker:
         return self.bootstrap_servers
 
     def stop(self) -> None:
-        """Stop the JVM: SIGTERM (a clean shutdown), SIGKILL after stop_timeout. Idempotent."""
+        """Stop the JVM: SIGTERM (a clean shutdown), SIGKILL after stop_timeout; free the data dir. Idempotent."""
+        self._stop_jvm()
+        if self._dir_lock is not None:
+            os.close(self._dir_lock)  # closing the descriptor releases the flock
+            self._dir_lock = None
+
+    def _stop_jvm(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -364,7 +380,7 @@ class LocalBroker:
     def restart(self) -> str:
         """Stop and start again on the same data dir and the same ports."""
         port = self.port
-        self.stop()
+        self._stop_jvm()  # keeps the data dir locked: no other launcher can take it in between
         return self.start(port=port)
 
     def cleanup(self) -> None:
@@ -387,6 +403,23 @@ class LocalBroker:
         return _tail(text.rpartition(_BANNER)[2], lines).rstrip(".")  # this run's lines only
 
     # -- internals
+
+    def _lock_data_dir(self) -> None:
+        """Hold a flock on the data dir itself for as long as this launcher uses it. A second launcher on it
+        would rewrite the running broker's configs and port, and its broker would corrupt the data."""
+        if self._dir_lock is not None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise BrokerError(
+                f"the data dir {self.data_dir} is in use by another common.broker (or its broker is still "
+                "stopping). Fix: stop that one first (its Ctrl-C), or pass another --data-dir"
+            ) from None
+        self._dir_lock = fd
 
     def _load_state(self) -> dict:
         try:

@@ -287,3 +287,28 @@ def test_broker_dying_while_starting_quotes_its_log(launcher_available, tmp_path
     assert "--fresh" in line
     pid = int((data / "broker.pid").read_text())
     assert not _alive(pid)
+
+
+def test_a_second_launcher_on_a_data_dir_in_use_refuses_and_leaves_the_first_alone(launcher_available, tmp_path):
+    data = tmp_path / "data"
+    first = _start_cli("--port", "0", "--data-dir", str(data))
+    try:
+        bootstrap = _read_bootstrap(first)
+        recorded = (data / "launcher.json").read_text()
+        _create_topic(bootstrap, "before")
+        _produce(bootstrap, "before", [b"one"])
+
+        second = _run_cli("--port", "0", "--data-dir", str(data))
+        one_line_failure(second, f"data dir {data.resolve()} is in use", "--data-dir")
+
+        assert (data / "launcher.json").read_text() == recorded, "the first launcher's port must not be rewritten"
+        _produce(bootstrap, "before", [b"two"])
+        assert [r.value for r in _consume(bootstrap, "before", None, max_records=2)] == [b"one", b"two"]
+        assert first.poll() is None
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(60) == 0
+        assert "CorruptRecordException" not in (tmp_path / "broker.log").read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()

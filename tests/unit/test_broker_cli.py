@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import shutil
 import subprocess
@@ -130,3 +131,22 @@ def test_log_quote_keeps_messages_and_drops_stack_frames():
     log = "old run\n===== common.broker: starting X\nINFO a\nERROR boom\njava.lang.X: why\n\tat a.b(C.java:1)\n"
     text = broker._tail(log.rpartition(broker._BANNER)[2])
     assert "why" in text and "at a.b" not in text and "old run" not in text
+
+
+def test_a_data_dir_in_use_is_refused_before_anything_in_it_is_touched(tmp_path):
+    # What a running launcher holds: a flock on the data dir itself. A second launcher on that dir must
+    # not rewrite its launcher.json (the port), its configs or its data, nor even look for Java first.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "launcher.json").write_text('{"port": 19092, "controller_port": 19093, "cluster_id": "x"}\n')
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    held = os.open(data, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = _run("--port", "0", "--data-dir", str(data), path=str(_bin_with(tmp_path)))
+        one_line_failure(proc, f"data dir {data} is in use", "--data-dir")
+        proc = _run("--port", "0", "--data-dir", str(data), "--fresh", path=str(_bin_with(tmp_path)))
+        one_line_failure(proc, f"data dir {data} is in use")
+    finally:
+        os.close(held)
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
