@@ -123,10 +123,18 @@ class Deliveries:
         self.failed = 0
         self.changed = threading.Event()
         self._lock = threading.Lock()
+        self._final = False
 
     @property
     def in_flight(self) -> int:
         with self._lock:
+            return self.requested - self.acknowledged - self.failed
+
+    def final(self) -> int:
+        """Stop counting: sends abandoned from now on stay unacknowledged, not failed. Returns how many
+        are unacknowledged."""
+        with self._lock:
+            self._final = True
             return self.requested - self.acknowledged - self.failed
 
     def sent(self, ride_id: uuid.UUID, future) -> None:
@@ -136,11 +144,15 @@ class Deliveries:
 
     def _ok(self, _metadata) -> None:
         with self._lock:
+            if self._final:
+                return
             self.acknowledged += 1
         self.changed.set()
 
     def _failed(self, ride_id: uuid.UUID, error: Exception) -> None:
         with self._lock:
+            if self._final:
+                return
             self.failed += 1
         self.changed.set()
         log.error("ride %s was not acknowledged (%s: %s); it is not counted and another ride replaces it",
@@ -193,15 +205,19 @@ def main(argv: list[str] | None = None) -> int:
                          deliveries.acknowledged, deliveries.failed)
     finally:
         # Stop producing, then give the rides on their way a chance to be acknowledged, within the
-        # 10 s a stop may take.
+        # 10 s a stop may take (Kafka may be unreachable: then they are abandoned).
         try:
-            producer.flush(timeout=7)
+            producer.flush(timeout=6)
         except KafkaTimeoutError:
-            log.warning("%d rides still unacknowledged at exit: not counted", deliveries.in_flight)
-        producer.close(timeout=1)
+            pass
+        unacknowledged = deliveries.final()
+        clients.close_producer(producer, timeout=1)
+        if unacknowledged:
+            log.warning("%d rides unacknowledged at exit: Kafka did not confirm storing them, so they may or may "
+                        "not be in %s; not counted as acknowledged", unacknowledged, topic)
         elapsed = max(time.monotonic() - started, 1e-9)
-        log.info("summary: requested=%d acknowledged=%d failed=%d rate=%.1f/s seconds=%.2f seed=%d",
-                 deliveries.requested, deliveries.acknowledged, deliveries.failed,
+        log.info("summary: requested=%d acknowledged=%d failed=%d unacknowledged=%d rate=%.1f/s seconds=%.2f "
+                 "seed=%d", deliveries.requested, deliveries.acknowledged, deliveries.failed, unacknowledged,
                  deliveries.acknowledged / elapsed, elapsed, seed)
     return 0
 

@@ -62,6 +62,24 @@ def producer(settings: Settings, client_id: str, *, transactional_id: str | None
     return p
 
 
+def close_producer(p: KafkaProducer, timeout: float) -> None:
+    """Close a producer within about `timeout` s, abandoning what Kafka has not acknowledged by then
+    (those sends fail).
+
+    Workaround for kafka-python 3.0.12 (pinned): close() flushes first and raises KafkaTimeoutError when
+    that flush times out (Kafka unreachable), leaving the producer open: its I/O thread keeps running and
+    at exit the interpreter closes it again ("Exception ignored in ... KafkaTimeoutError"). Stopping the
+    I/O thread first fails the sends still pending, so close() has nothing left to wait for.
+    """
+    try:
+        p.flush(timeout)
+    except KafkaTimeoutError:
+        sender = p._sender  # private, as above
+        sender.force_close()
+        sender.join(timeout)
+    p.close(timeout=0)
+
+
 class _ThrottledMetadataRequests:
     """The producer's cluster metadata as its I/O thread sees it, with at most one update request per
     METADATA_REQUEST_INTERVAL while one is pending.

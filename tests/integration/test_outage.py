@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 from collections import Counter
 
 import pytest
 
 from common.broker import BrokerError, LocalBroker, check_java, free_port, resolve_libs
-from tests.integration.pipeline import Script, keys, read_all, unique_prefix, wait_until
+from tests.integration.pipeline import Script, keys, parse_summary, read_all, unique_prefix, wait_until
 
 RIDES = 50
 WAITING = r"Kafka is not reachable at \S+ yet"
@@ -131,3 +132,27 @@ def test_rides_py_idles_while_the_broker_is_down(late_broker, tmp_path):
         assert rides.running, rides.log()
         # Before the fix the producer's I/O thread spun through the whole outage: 100 % of a core.
         assert share < 0.15, f"rides.py used {share:.0%} of a core while Kafka was down"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_rides_py_stopped_during_an_outage_exits_0_with_its_summary(late_broker, tmp_path, sig):
+    broker, port = late_broker
+    bootstrap = broker.start(port=port)
+    with Script("rides.py", "--rate", "50", bootstrap=bootstrap, prefix=unique_prefix("stop"),
+                log_dir=tmp_path) as rides:
+        rides.wait_for_log(r"progress: requested=\d+ acknowledged=[1-9]")
+        broker.stop()
+        # One more progress line: five more seconds of rides that nobody can acknowledge.
+        progressed = len(re.findall("progress:", rides.log()))
+        wait_until(lambda: len(re.findall("progress:", rides.log())) > progressed, timeout=30,
+                   what="rides.py sending during the outage")
+        rides.stop(sig=sig)  # asserts exit 0 within 10 s
+        log = rides.log()
+
+    assert "Traceback" not in log and "Exception ignored" not in log, log
+    summary = parse_summary(log)
+    assert summary["unacknowledged"] > 0, log
+    assert summary["requested"] == summary["acknowledged"] + summary["failed"] + summary["unacknowledged"], log
+    said = re.search(r"WARNING.*unacknowledged.*", log)
+    assert said and "may or may not" in said.group(0), log
+    assert "next run" not in log and "will be sent" not in log, log
