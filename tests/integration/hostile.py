@@ -193,6 +193,13 @@ def unsafe_value(rng, d, key):
         (("customer_email",), "(comment)@example.com"),  # no recipient at all
         (("customer_email",), "a\x00b@example.com"),
         (("customer_email",), "ü@example.com"),
+        # RFC 2047 encoded words: decoded by the header parser into a CR LF "Bcc:", or a second recipient.
+        (("customer_email",), "=?utf-8?q?x=0D=0ABcc=3A_evil=40attacker.test?=@example.com"),
+        (("customer_email",), "=?utf-8?q?evil=40attacker.test=2C?=@example.com"),
+        (("customer_email",), "Ada <ada@example.com>"),  # a display name
+        (("customer_name",), "Ada\r\nBcc: x@evil.example"),
+        (("customer_name",), "\u202eadA"),  # a right-to-left override: not printable
+        (("customer_name",), "   "),
         (("requested_at",), "9999-12-31T23:59:59-23:00"),  # OverflowError when converted to UTC
         (("requested_at",), "0001-01-01T00:00:00+23:00"),
         (("requested_at",), "0999-01-01T00:00:00Z"),       # analysis.py's "%Y" minute keys assume 4 digits
@@ -338,10 +345,22 @@ def odd_confirmations(rng: random.Random) -> list[RideConfirmed]:
              confirmed_at=datetime(1970, 1, 1, tzinfo=timezone.utc)),
         dict(pickup=Place(lat=40.75, lon=-73.99, zone="Ω\u202e\r\nBcc: x@evil.example <b>&amp;")),
         dict(customer_email="o'brien+rides@xn--bcher-kva.example"),
+        dict(customer_name="Zoë O'Brien-Łukasiewicz <b>&amp; 山田"),
     ]:
         fields = valid_confirmation(rng).model_dump() | change
         out.append(RideConfirmed(**fields))
     return out
+
+
+def resent(rng: random.Random, requests: list[RideRequest]) -> list[RideRequest]:
+    """The same requests sent again, as a client retrying would: stamped anew, otherwise identical."""
+    return [r.model_copy(update={"requested_at": r.requested_at + timedelta(seconds=rng.randint(1, 600))})
+            for r in requests]
+
+
+def conflicting(rng: random.Random, requests: list[RideRequest]) -> list[RideRequest]:
+    """Other riders' requests under the ride_ids of these: transaction.py must set each aside."""
+    return [valid_request(rng).model_copy(update={"ride_id": r.ride_id}) for r in requests]
 
 
 def interleave(rng: random.Random, *groups: list) -> list:

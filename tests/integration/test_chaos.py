@@ -2,8 +2,11 @@
 
 Then reconcile what a user cares about: every ride requested is decided (confirmed or rejected) exactly
 once, every confirmed rider got exactly one email, and analysis counted every confirmed ride exactly
-once. The same scenario with `transaction.py --guarantee at-least-once` must find duplicates in
-ride_confirmed: proof that this test can see them, so its "0 duplicated" for exactly-once means something.
+once. Meanwhile a second rides.py with the same seed sends the first rides again (a client retrying):
+each ride is still decided once. The same scenario with `transaction.py --guarantee at-least-once` must
+find duplicates in ride_confirmed (a crash after a batch's outputs and before its decisions are remembered
+publishes them again): proof that this test can see them, so its "0 duplicated" for exactly-once means
+something.
 
 Run on its own with `make chaos` (or `pytest -m chaos`).
 """
@@ -27,6 +30,8 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 
 RIDES = 5000
 RATE = 100  # rides per second: production lasts ~50 s, long enough for every planned failure
+# Duplicate submissions: the same seed again, slower, so every resent ride was first sent a while before.
+RESENT, RESEND_RATE = 800, 20
 
 # Planned failures, each at a random moment (seeded, logged) while rides are being produced.
 # transaction.py's kills come as a crash loop: each restart is killed again while it catches up on the
@@ -133,7 +138,9 @@ def test_nothing_lost_nothing_twice_under_crashes(guarantee, kafka_bootstrap, re
     try:
         rides = Script("rides.py", "--count", str(RIDES), "--rate", str(RATE), "--seed", str(seed), "--wait", "120",
                        bootstrap=kafka_bootstrap, prefix=prefix, log_dir=tmp_path)
-        pipeline.history.append(rides)
+        resend = Script("rides.py", "--count", str(RESENT), "--rate", str(RESEND_RATE), "--seed", str(seed),
+                        "--wait", "120", bootstrap=kafka_bootstrap, prefix=prefix, log_dir=tmp_path)
+        pipeline.history += [rides, resend]
         started = time.monotonic()
         for at, event in schedule:
             time.sleep(max(0.0, started + at - time.monotonic()))
@@ -145,10 +152,14 @@ def test_nothing_lost_nothing_twice_under_crashes(guarantee, kafka_bootstrap, re
             else:
                 pipeline.crash_and_restart(event, rng)
         rides.wait(timeout=300)
+        resend.wait(timeout=120)
         acknowledged = parse_summary(rides.log())["acknowledged"]
+        assert parse_summary(resend.log())["acknowledged"] == RESENT
 
-        requested = set(keys(read_all(kafka_bootstrap, prefix + "ride_details")))
+        requests = Counter(keys(read_all(kafka_bootstrap, prefix + "ride_details")))
+        requested = set(requests)
         assert len(requested) >= acknowledged == RIDES
+        assert sum(n > 1 for n in requests.values()) >= RESENT  # the resent rides are in there twice
 
         def decided() -> list[str]:
             return (keys(read_all(kafka_bootstrap, prefix + "ride_confirmed", quiet=1.0))
@@ -173,7 +184,8 @@ def test_nothing_lost_nothing_twice_under_crashes(guarantee, kafka_bootstrap, re
     emailed = pipeline.emailed()
     analysed = pipeline.analysed()
     with capsys.disabled():
-        print(f"\nchaos[{guarantee}]: rides={len(requested)} acknowledged={acknowledged} confirmed={len(confirmed)} "
+        print(f"\nchaos[{guarantee}]: rides={len(requested)} requests={sum(requests.values())} "
+              f"acknowledged={acknowledged} confirmed={len(confirmed)} "
               f"rejected={len(rejected)} kills={KILLS} broker_restarts={BROKER_RESTARTS} lost={len(lost)} "
               f"duplicated={duplicated} emailed={len(emailed)} analysed={analysed} seed={seed}")
 

@@ -11,7 +11,9 @@ analysis.py run as real subprocesses. Then:
 - no script crashed: all three still run at the end and exit 0 on SIGTERM;
 - `python -m common.dlq list` shows every one of them on one short, printable line;
 - every valid request is confirmed or rejected exactly once (read_committed), every confirmed ride
-  emailed once, and analysis.py counted each one.
+  emailed once, and analysis.py counted each one;
+- valid requests sent again (a client retrying) are dropped as duplicates, and other riders' requests
+  under their ride_ids are dead-lettered with the reason: still one decision per ride.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ SEED = 20250601
 HOSTILE_REQUESTS = 1000
 HOSTILE_CONFIRMATIONS = 150
 VALID_REQUESTS = 300
+REPEATS = 50      # of the valid requests: resent as they were, and sent again by another rider each
 DEADLINE = 150.0  # seconds for the pipeline to work through everything (it needs ~10 on an idle laptop)
 QUIET = 5.0       # then this long with nothing new, so that late duplicates would be seen too
 
@@ -87,6 +90,11 @@ def header(record, name: str) -> list[bytes]:
     return [v for k, v in record.headers or [] if k == name]
 
 
+def source_position(letter) -> tuple[int, int]:
+    """(partition, offset) of the record a dead letter was made of."""
+    return int(header(letter, SOURCE_PARTITION)[0]), int(header(letter, SOURCE_OFFSET)[0])
+
+
 def fuzzed(message: schemas.Message, kind: str) -> hostile.Fuzzed:
     return hostile.Fuzzed(kind, schemas.ride_key(message.ride_id), schemas.encode(message))  # type: ignore[attr-defined]
 
@@ -131,6 +139,11 @@ def test_hostile_records_are_dead_lettered_and_valid_rides_still_flow(kafka_boot
         sent = Sent()
         sent.produce(kafka_bootstrap, t(topics.RIDE_DETAILS), ride_details_input)
         sent.produce(kafka_bootstrap, t(topics.RIDE_CONFIRMED), ride_confirmed_input)
+        # After the originals (same key, same partition: read after them): resent and conflicting requests.
+        repeated = valid_requests[:REPEATS]
+        sent.produce(kafka_bootstrap, t(topics.RIDE_DETAILS), hostile.interleave(
+            rng, [fuzzed(r, "valid") for r in hostile.resent(rng, repeated)],
+            [fuzzed(r, "another request under a decided ride_id") for r in hostile.conflicting(rng, repeated)]))
 
         details_dlq = t(topics.dead_letter_topic(topics.RIDE_DETAILS))
         confirmed_dlq = t(topics.dead_letter_topic(topics.RIDE_CONFIRMED))
@@ -142,7 +155,7 @@ def test_hostile_records_are_dead_lettered_and_valid_rides_still_flow(kafka_boot
                     if r.key is not None and r.key.decode(errors="replace") in request_ids]
 
         def done() -> bool:
-            return (len(collector.records[details_dlq]) >= len(hostile_requests)
+            return (len(collector.records[details_dlq]) >= len(hostile_requests) + REPEATS
                     and len(collector.records[confirmed_dlq]) >= 2 * len(hostile_confirmations)
                     and len({r.key for r in outcomes()}) >= len(request_ids))
 
@@ -185,13 +198,13 @@ def test_hostile_records_are_dead_lettered_and_valid_rides_still_flow(kafka_boot
             name: {p: f for p, f in sent.by_position[t(name)].items() if f.kind != "valid"}
             for name in (topics.RIDE_DETAILS, topics.RIDE_CONFIRMED)
         }
-        assert len(hostile_in[topics.RIDE_DETAILS]) == HOSTILE_REQUESTS
+        assert len(hostile_in[topics.RIDE_DETAILS]) == HOSTILE_REQUESTS + REPEATS
         check_dead_letters(details_dlq, t(topics.RIDE_DETAILS), groups["transaction"],
                            hostile_in[topics.RIDE_DETAILS])
         for name in ("email", "analysis"):
             check_dead_letters(confirmed_dlq, t(topics.RIDE_CONFIRMED), groups[name],
                                hostile_in[topics.RIDE_CONFIRMED])
-        assert len(collector.records[details_dlq]) == HOSTILE_REQUESTS  # no dead letter of any other group
+        assert len(collector.records[details_dlq]) == HOSTILE_REQUESTS + REPEATS  # none of any other group
         assert len(collector.records[confirmed_dlq]) == 2 * HOSTILE_CONFIRMATIONS
 
         # ------------------------------------------------------- valid rides: decided exactly once
@@ -224,14 +237,19 @@ def test_hostile_records_are_dead_lettered_and_valid_rides_still_flow(kafka_boot
         assert summaries["analysis.py"]["total"] == len(confirmed_ids)
         assert summaries["analysis.py"]["dead_lettered"] == HOSTILE_CONFIRMATIONS
         tx = summaries["transaction.py"]
-        assert tx["dead_lettered"] == HOSTILE_REQUESTS and tx["confirmed"] + tx["rejected"] == len(request_ids)
+        assert tx["dead_lettered"] == HOSTILE_REQUESTS + REPEATS and tx["duplicates"] == REPEATS
+        assert tx["confirmed"] + tx["rejected"] == len(request_ids)
+        conflicts = [r for r in collector.records[details_dlq]
+                     if hostile_in[topics.RIDE_DETAILS][source_position(r)].kind.startswith("another request")]
+        assert len(conflicts) == REPEATS
+        assert all(b"already decided for a different request" in header(r, REASON)[0] for r in conflicts)
         # The people's view of the same dead letters: one short, printable line each, hostile bytes escaped.
         with Script("common.dlq", "list", topics.dead_letter_topic(topics.RIDE_DETAILS), **common_args) as dlq:
             dlq.wait(timeout=90)
         lines = dlq.stdout().splitlines()
-        assert len(lines) == HOSTILE_REQUESTS
+        assert len(lines) == HOSTILE_REQUESTS + REPEATS
         assert all(line.isprintable() and len(line) < 600 for line in lines)
-        print(f"fuzz: {HOSTILE_REQUESTS} + {HOSTILE_CONFIRMATIONS} hostile records dead-lettered, "
+        print(f"fuzz: {HOSTILE_REQUESTS} + {REPEATS} + {HOSTILE_CONFIRMATIONS} hostile records dead-lettered, "
               f"{len(request_ids)} requests decided ({tx['confirmed']} confirmed), {len(confirmed_ids)} emailed "
               f"and counted, in {time.monotonic() - started:.0f} s")
     finally:
