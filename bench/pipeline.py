@@ -2,6 +2,7 @@
 kafka-python producer and consumer rates for records of the same size, and the ratios, in one run.
 
     .venv/bin/python bench/pipeline.py [--rides N] [--seed S] [--bootstrap-servers HOST:PORT] [--json]
+                                       [--baseline GIT-REV]
 
 Without --bootstrap-servers it starts its own broker (common.broker.LocalBroker) in a temporary folder on
 a free port, and stops it at the end. Every figure comes from its own fresh topics. The table goes to
@@ -21,6 +22,9 @@ How each figure is taken, so that none includes Python or JVM start-up:
   offset, but in exactly-once mode every transaction also writes a commit marker per partition, which
   takes an offset, so output offsets overcount records. Afterwards the outputs are read in full
   (read_committed) to check each ride's outcome is there exactly once, as is transaction.py's summary.
+- --baseline REV: transaction.py exactly-once as it was at git revision REV (checked out into a temporary
+  git worktree), over the same rides on the same broker in the same run, timed the same way: a change's
+  cost measured against what it replaced, not against a figure from another day.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import os
 import platform
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -102,6 +107,7 @@ RIDES = "rides.py"
 RAW_CONSUMER = "raw kafka-python consumer"
 TX_ALO = "transaction.py at-least-once"
 TX_EOS = "transaction.py exactly-once"
+TX_BASELINE = "transaction.py exactly-once at baseline"
 
 
 def compute_ratios(report: Report) -> list[tuple[str, float | None]]:
@@ -111,7 +117,7 @@ def compute_ratios(report: Report) -> list[tuple[str, float | None]]:
         ("transaction.py at-least-once / raw consumer", ratio(f(TX_ALO), f(RAW_CONSUMER))),
         ("transaction.py exactly-once / raw consumer", ratio(f(TX_EOS), f(RAW_CONSUMER))),
         ("exactly-once / at-least-once (the price of exactly-once)", ratio(f(TX_EOS), f(TX_ALO))),
-    ]
+    ] + ([("exactly-once now / at baseline", ratio(f(TX_EOS), f(TX_BASELINE)))] if f(TX_BASELINE) else [])
 
 
 def _thousands(x: float) -> str:
@@ -286,7 +292,7 @@ def committed_total(admin, group: str, topic: str) -> int:
 
 
 def run_transaction(bootstrap: str, prefix: str, guarantee: str, n: int, log_dir: Path,
-                    scripts: list) -> tuple[float, dict]:
+                    scripts: list, script_path: str = "transaction.py") -> tuple[float, dict]:
     """transaction.py over N pre-produced rides; returns (confirm rate, its summary line)."""
     from common import clients, topics
     from common.settings import Settings
@@ -296,7 +302,7 @@ def run_transaction(bootstrap: str, prefix: str, guarantee: str, n: int, log_dir
     source = prefix + topics.RIDE_DETAILS
     admin = clients.admin(Settings(bootstrap_servers=bootstrap))
     try:
-        script = Script("transaction.py", "--guarantee", guarantee, bootstrap=bootstrap, prefix=prefix,
+        script = Script(script_path, "--guarantee", guarantee, bootstrap=bootstrap, prefix=prefix,
                         group_id=group, log_dir=log_dir)
         scripts.append(script)
         first = last = None
@@ -361,7 +367,8 @@ def reconcile(bootstrap: str, prefix: str, guarantee: str, n: int, summary: dict
     from common import topics
 
     counted = int(summary.get("confirmed", 0)) + int(summary.get("rejected", 0))
-    if counted != n or summary.get("dead_lettered") != 0 or summary.get("aborted") != 0:
+    if counted != n or summary.get("dead_lettered") != 0 or summary.get("aborted") != 0 \
+            or summary.get("duplicates", 0) != 0:
         raise BenchError(f"transaction.py ({guarantee}) summary does not reconcile with {n} rides: "
                          f"confirmed={summary.get('confirmed')} rejected={summary.get('rejected')} "
                          f"dead_lettered={summary.get('dead_lettered')} aborted={summary.get('aborted')}")
@@ -421,13 +428,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bootstrap-servers", metavar="HOST:PORT",
                    help="use this cluster instead of starting a local broker (default: start one)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
+    p.add_argument("--baseline", metavar="GIT-REV",
+                   help="also time transaction.py exactly-once as it was at this git revision, in the same run")
     args = p.parse_args(argv)
     if args.rides < 1000:
         p.error("--rides: at least 1000, or the timings are mostly noise")
     return args
 
 
-def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path, scripts: list) -> Report:
+def checkout(rev: str, work_dir: Path) -> Path:
+    """The project at git revision `rev`, in a temporary worktree (removed with work_dir's cleanup)."""
+    path = work_dir / "baseline"
+    result = subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "add", "--detach", str(path), rev],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchError(f"--baseline {rev}: {_last_line(result.stderr)}")
+    return path
+
+
+def remove_checkout(path: Path) -> None:
+    subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "remove", "--force", str(path)],
+                   capture_output=True)
+
+
+def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path, scripts: list,
+          baseline: str | None = None) -> Report:
     from common import topics
 
     started = time.monotonic()
@@ -468,6 +493,21 @@ def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path,
         report.checks.append(reconcile(bootstrap, prefix, guarantee, n, summary, expected))
         tx[guarantee] = tx_rate
 
+    if baseline:
+        tree = checkout(baseline, work_dir)
+        try:
+            prefix = f"{run_id}-base."
+            progress(f"transaction.py --guarantee exactly-once at {baseline} over the same {n:,} rides")
+            create_topics(bootstrap, prefix)
+            raw_produce(bootstrap, prefix + topics.RIDE_DETAILS, records)
+            tx_rate, summary = run_transaction(bootstrap, prefix, EXACTLY_ONCE, n, work_dir, scripts,
+                                               script_path=str(tree / "transaction.py"))
+            report.checks.append(f"baseline {baseline} " + reconcile(bootstrap, prefix, EXACTLY_ONCE, n, summary,
+                                                                     expected))
+            tx[TX_BASELINE] = tx_rate
+        finally:
+            remove_checkout(tree)
+
     mean_rides = sum(rides_rates) / len(rides_rates)
     report.figures.append(Figure(RIDES, mean_rides, megabytes_per_s(mean_rides, record_bytes),
                                  "its summary line: first send to last ack, no Python start-up; mean of 2 runs ("
@@ -476,6 +516,9 @@ def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path,
     for guarantee, name in ((AT_LEAST_ONCE, TX_ALO), (EXACTLY_ONCE, TX_EOS)):
         report.figures.append(Figure(name, tx[guarantee], None,
                                      "first committed batch to all N committed (no start-up, no group join)"))
+    if baseline:
+        report.figures.append(Figure(TX_BASELINE, tx[TX_BASELINE], None,
+                                     f"transaction.py as of git {baseline}; first committed batch to all N committed"))
     report.ratios = compute_ratios(report)
     report.machine["load_after"] = f"{os.getloadavg()[0]:.2f}"
     report.wall_seconds = time.monotonic() - started
@@ -506,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
                     bootstrap = broker.start(port=0, fresh=True)
                     kafka_version = KAFKA_VERSION
                     progress(f"broker ready at {bootstrap}")
-                report = bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, scripts)
+                report = bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, scripts, args.baseline)
             finally:
                 for script in scripts:
                     script.kill()

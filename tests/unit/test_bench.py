@@ -62,6 +62,13 @@ def test_ratios():
     assert ratios["exactly-once / at-least-once (the price of exactly-once)"] == pytest.approx(0.8)
 
 
+def test_a_baseline_adds_its_figure_and_the_ratio_of_now_to_it_and_nothing_without_one():
+    r = report()
+    assert "exactly-once now / at baseline" not in dict(r.ratios)
+    r.figures.append(bench.Figure(bench.TX_BASELINE, 5_000, None, "transaction.py as of git abc123"))
+    assert dict(bench.compute_ratios(r))["exactly-once now / at baseline"] == pytest.approx(0.8)
+
+
 def test_ratio_of_a_missing_figure_is_shown_as_na():
     r = report()
     r.figures = [f for f in r.figures if f.name != bench.TX_EOS]
