@@ -308,3 +308,58 @@ def test_smtp_down_stops_without_committing_then_every_ride_is_sent_once_it_is_b
     assert sorted(m["X-Ride-ID"] for m in received) == sorted(str(r.ride_id) for r in rides)
     assert run.emails() == {}  # with SMTP settings, nothing goes to the outbox
     assert parse_summary(email.log()) == {"emailed": 20, "resent": 1, "duplicates_skipped": 0, "dead_lettered": 0}
+
+
+def test_a_second_group_on_the_same_ledger_is_refused_and_nothing_is_emailed_twice(run):
+    rides = confirmed_rides(30, seed=8)
+    run.produce(rides)
+    with run.email() as first:
+        run.wait_emailed(len(rides))
+        # Another group gets every ride again; on this ledger it would skip or repeat the first one's work.
+        with Script("email.py", "--outbox", str(run.outbox), "--ledger", str(run.ledger), bootstrap=run.bootstrap,
+                    prefix=run.prefix, group_id=run.prefix + "email-other", log_dir=run.logs) as other:
+            code = other.wait(timeout=60, expect=None)
+        assert first.running
+        first.stop()
+    errors = [line for line in other.log().splitlines() if " ERROR " in line]
+    assert code == 1 and len(errors) == 1, other.log()
+    assert f"belongs to group '{run.prefix}email'" in errors[0] and "--ledger" in errors[0]
+    assert "Traceback" not in other.log()
+    assert parse_summary(first.log())["emailed"] == len(rides)
+    assert_one_email_per_ride(run, rides)
+
+
+def test_two_instances_of_one_group_share_the_ledger_and_email_each_ride_once(run):
+    rides = confirmed_rides(120, seed=9)
+    with run.email() as a, run.email() as b:
+        a.wait_for_log(r"partitions assigned")
+        b.wait_for_log(r"partitions assigned")
+        run.produce(rides)
+        run.wait_emailed(len(rides))
+        a.stop()
+        b.stop()
+    emailed = parse_summary(a.log())["emailed"] + parse_summary(b.log())["emailed"]
+    assert emailed == len(rides)
+    assert_one_email_per_ride(run, rides)
+
+
+def test_no_password_goes_to_an_smtp_server_without_tls_and_nothing_is_committed(run):
+    rides = confirmed_rides(10, seed=10)
+    run.produce(rides)
+    with fake_smtp_server() as smtp_server:
+        smtp = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_server.server_address[1]),
+                "SMTP_USER": "bot", "SMTP_PASSWORD": "s3cret"}
+        with run.email(env=smtp) as refused:
+            code = refused.wait(timeout=60, expect=None)
+        errors = [line for line in refused.log().splitlines() if " ERROR " in line]
+        assert code == 1 and len(errors) == 1 and "STARTTLS" in errors[0], refused.log()
+        assert "s3cret" not in refused.log() and "Traceback" not in refused.log()
+        assert smtp_server.logins == [] and smtp_server.received == []
+
+        # Explicitly allowed (a local test server): every ride goes out, so none was committed before.
+        with run.email(env=smtp | {"SMTP_ALLOW_PLAIN_LOGIN": "1"}) as allowed:
+            run.wait_emailed(len(rides))
+            allowed.stop()
+    assert len(smtp_server.logins) == 1
+    assert sorted(message_from_bytes(m, policy=policy.default)["X-Ride-ID"] for m in smtp_server.received) == \
+        sorted(str(r.ride_id) for r in rides)
