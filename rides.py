@@ -22,7 +22,7 @@ from typing import Annotated, NamedTuple
 from kafka.errors import KafkaTimeoutError
 from pydantic import Field
 
-from common import city, cli, clients, schemas, topics
+from common import city, cli, clients, reachability, schemas, topics
 from common.schemas import Place, RideRequest
 from common.settings import Settings
 from common.shutdown import Shutdown
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     last_report = started
     try:
         while not shutdown.requested:
+            reachability.check(producer)  # one line when Kafka is lost, one when it is back
             if settings.count is not None and deliveries.acknowledged + deliveries.in_flight >= settings.count:
                 if deliveries.in_flight == 0:
                     break  # count reached: every ride acknowledged

@@ -18,6 +18,8 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from common import reachability
+
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 500  # how quickly the loop notices a stop request when no records arrive
@@ -27,8 +29,10 @@ def poll_batch(consumer: KafkaConsumer, timeout_ms: int = POLL_TIMEOUT_MS) -> li
     """One batch, in offset order within each partition; empty while Kafka is briefly unreachable.
 
     poll() reconnects by itself, but while it joins the group it may raise a retriable error (say, the
-    broker restarting as the script starts): that is a pause, not a reason to stop.
+    broker restarting as the script starts): that is a pause, not a reason to stop. A broker lost or
+    back is said once each (common.reachability).
     """
+    reachability.check(consumer)
     try:
         batches = consumer.poll(timeout_ms=timeout_ms)
     except KafkaError as e:
