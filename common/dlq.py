@@ -1,17 +1,24 @@
-"""Look into a dead-letter topic, and replay chosen dead letters to their source topic once fixed.
+"""Look into a dead-letter topic (or any topic), and replay chosen dead letters to their source topic.
 
     python -m common.dlq list ride_details.dlq [--limit N] [--offsets 3,5-9] [--json]
     python -m common.dlq replay ride_details.dlq --offsets 3,5-9    (or --all)
+    python -m common.dlq show ride_rejected [--partition N] [--offsets 3,5-9] [--limit N] [--json]
 
-TOPIC is a dead-letter topic (`ride_details.dlq`) or its source topic (`ride_details`: `.dlq` is
-appended), named as in common.topics: --topic-prefix is prepended, as for every script.
+For list and replay, TOPIC is a dead-letter topic (`ride_details.dlq`) or its source topic
+(`ride_details`: `.dlq` is appended); for show, any topic. Names are as in common.topics:
+--topic-prefix is prepended, as for every script.
 
-Both commands read the topic from the beginning with no consumer group: looking commits nothing and
-disturbs no one. They read committed records only, so that a dead letter whose transaction
-transaction.py aborted (and then wrote again) is not listed twice. Replaying sends each chosen dead
-letter's original key, value and headers to its source topic, once per source record even when
-several consumer groups set it aside (email.py and analysis.py both read ride_confirmed): run it after
-the cause is fixed, and only once, since every replay sends the records again to every group.
+Every command reads from the beginning with no consumer group: looking commits nothing and disturbs no
+one. They read committed records only, so that a dead letter whose transaction transaction.py aborted
+(and then wrote again) is not listed twice. Nothing read is printed raw: control characters, escape
+sequences and bytes that are not UTF-8 are shown escaped.
+
+Replaying sends each chosen dead letter's original key, value and headers to the topic its dead-letter
+topic was derived from (ride_details.dlq -> ride_details, same prefix; only the pipeline's own), once per
+source record even when several consumer groups set it aside (email.py and analysis.py both read
+ride_confirmed): run it after the cause is fixed, and only once, since every replay sends the records
+again to every group. A letter whose dlq.* headers are missing, malformed or point elsewhere is listed
+with what is wrong and never replayed.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import common.stdlib_email  # noqa: F401
 
 # isort: split
 import argparse
+import base64
 import json
 import logging
 import os
@@ -32,8 +40,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
-from common import cli, clients
+from common import cli, clients, topics
 from common.dead_letters import DeadLetter
 from common.settings import Settings
 from common.shutdown import Shutdown
@@ -104,6 +113,21 @@ def dead_letter_name(topic: str) -> str:
     return topic if topic.endswith(DLQ_SUFFIX) else dead_letter_topic(topic)
 
 
+# The pipeline's topics that have a dead-letter topic (common.topics): the only ones replay writes to.
+REPLAYABLE = sorted(t.removesuffix(DLQ_SUFFIX) for t in topics.PARTITIONS if t.endswith(DLQ_SUFFIX))
+
+
+def replay_source(topic: str) -> str:
+    """The source topic a command-line TOPIC replays into (unprefixed); ValueError unless it is one of the
+    pipeline's dead-letter topics: a replay never writes into any other topic."""
+    source = dead_letter_name(topic).removesuffix(DLQ_SUFFIX)
+    if source not in REPLAYABLE:
+        allowed = ", ".join(dead_letter_topic(t) for t in REPLAYABLE)
+        raise ValueError(f"replay reads only the pipeline's dead-letter topics ({allowed}) and writes only into "
+                         f"their source topic; {escape(topic)} is not one of them")
+    return source
+
+
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
@@ -144,37 +168,48 @@ def preview(data: bytes | None, limit: int = PREVIEW_CHARS) -> str:
     return shorten(escape(head), limit)
 
 
-def distinct_sources(letters: list[DeadLetter]) -> tuple[list[DeadLetter], list[tuple[DeadLetter, DeadLetter]]]:
-    """The dead letters to replay, one per source record, and the (skipped, kept) pairs of the others.
+def replay_plan(letters: list[DeadLetter]) -> tuple[list[DeadLetter], list[DeadLetter],
+                                                   list[tuple[DeadLetter, DeadLetter]]]:
+    """The dead letters to replay, the unusable ones (their headers are wrong: never replayed), and the
+    (repeat, kept) pairs of the others.
 
     Every consumer group of a topic sets a record it cannot read aside on its own (email.py and
     analysis.py both read ride_confirmed): replaying each of those copies would deliver the record
     twice to every group.
     """
-    kept: dict[tuple[str, int, int], DeadLetter] = {}
-    unique: list[DeadLetter] = []
-    skipped: list[tuple[DeadLetter, DeadLetter]] = []
+    kept: dict[tuple[str, int | None, int | None], DeadLetter] = {}
+    send: list[DeadLetter] = []
+    unusable: list[DeadLetter] = []
+    repeats: list[tuple[DeadLetter, DeadLetter]] = []
     for letter in letters:
         source = (letter.source_topic, letter.source_partition, letter.source_offset)
-        if letter.source_offset < 0:  # origin unknown (not written by common.dead_letters): keep it
-            unique.append(letter)
+        if not letter.usable:
+            unusable.append(letter)
         elif source in kept:
-            skipped.append((letter, kept[source]))
+            repeats.append((letter, kept[source]))
         else:
             kept[source] = letter
-            unique.append(letter)
-    return unique, skipped
+            send.append(letter)
+    return send, unusable, repeats
 
 
-def when(ms: int) -> str:
-    """Milliseconds since the epoch as an ISO time in UTC, to the second; "-" when unknown."""
-    if ms <= 0:
+def when(ms: int | None) -> str:
+    """Milliseconds since the epoch as an ISO time in UTC, to the second; "-" when unknown, "?N" when no
+    calendar has it (a record's timestamp is whatever its producer wrote)."""
+    if ms is None or ms <= 0:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"?{ms}"
 
 
 def origin(letter: DeadLetter) -> str:
-    return escape(f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}")
+    if not letter.source_topic:
+        return "?"
+    part = "?" if letter.source_partition is None else letter.source_partition
+    offset = "?" if letter.source_offset is None else letter.source_offset
+    return escape(f"{shorten(letter.source_topic, 100)}[{part}]@{offset}")
 
 
 def format_line(letter: DeadLetter) -> str:
@@ -182,11 +217,14 @@ def format_line(letter: DeadLetter) -> str:
     and what it holds."""
     r = letter.record
     size = len(r.value) if r.value is not None else 0
-    return (
-        f"{r.offset}  {origin(letter)}  {when(letter.failed_at_ms)}  {escape(letter.group_id) or '-'}  "
-        f"{shorten(escape(letter.reason), REASON_CHARS)}  "
+    line = (
+        f"{r.offset}  {origin(letter)}  {when(letter.failed_at_ms)}  {shorten(escape(letter.group_id), 60) or '-'}  "
+        f"{shorten(escape(letter.reason), REASON_CHARS) or '-'}  "
         f"key={preview(r.key, 40)}  value[{size} B]={preview(r.value)}"
     )
+    if letter.problems:
+        line += f"  unusable (never replayed): {shorten(escape('; '.join(letter.problems)), REASON_CHARS)}"
+    return line
 
 
 def format_json(letter: DeadLetter) -> str:
@@ -206,9 +244,40 @@ def format_json(letter: DeadLetter) -> str:
             "value": preview(r.value, 200),
             "value_bytes": len(r.value) if r.value is not None else None,
             "headers": [k for k, _ in letter.original_headers()],
+            "problems": list(letter.problems),
         },
         ensure_ascii=True,  # one line, and no raw control or bidi characters reach a terminal
     )
+
+
+def format_record(r: ConsumerRecord) -> str:
+    """Any topic's record as one line: where it is, when it was produced, its key, value and header names."""
+    size = len(r.value) if r.value is not None else 0
+    line = f"{r.topic}[{r.partition}]@{r.offset}  {when(r.timestamp)}  key={preview(r.key, 40)}  " \
+           f"value[{size} B]={preview(r.value)}"
+    if r.headers:
+        line += f"  headers={shorten(escape(','.join(k for k, _ in r.headers)), PREVIEW_CHARS)}"
+    return line
+
+
+def _bytes_json(data: bytes | None) -> str | dict | None:
+    """Bytes in JSON: the text when they are UTF-8, else {"base64": ...}, so that nothing is lost."""
+    if data is None:
+        return None
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode()}
+
+
+def format_record_json(r: ConsumerRecord) -> str:
+    """Any topic's record, whole, as one JSON object (ASCII: no raw control character reaches a terminal)."""
+    return json.dumps({
+        "topic": r.topic, "partition": r.partition, "offset": r.offset,
+        "timestamp": when(r.timestamp), "timestamp_ms": r.timestamp,
+        "key": _bytes_json(r.key), "value": _bytes_json(r.value),
+        "headers": [[k, _bytes_json(v)] for k, v in r.headers or []],
+    }, ensure_ascii=True)
 
 
 # ------------------------------------------------------------------------------------------- Kafka
@@ -231,8 +300,8 @@ def reader(settings: Settings) -> KafkaConsumer:
 
 
 def read(consumer: KafkaConsumer, topic: str, partition: int, chosen: Offsets,
-         shutdown: Shutdown, group: str | None = None) -> Iterator[DeadLetter]:
-    """The chosen dead letters of one partition, from the beginning to the end it had when reading began."""
+         shutdown: Shutdown) -> Iterator[ConsumerRecord]:
+    """The chosen records of one partition, from the beginning to the end it had when reading began."""
     tp = TopicPartition(topic, partition)
     consumer.assign([tp])
     consumer.seek_to_beginning(tp)
@@ -255,77 +324,114 @@ def read(consumer: KafkaConsumer, topic: str, partition: int, chosen: Offsets,
             if r.offset >= end:
                 return
             if r.offset in chosen:
-                letter = DeadLetter.parse(r)
-                if group is None or letter.group_id == group:
-                    yield letter
+                yield r
 
 
-def open_topic(settings: Settings, shutdown: Shutdown, topic_arg: str, partition: int) -> tuple[KafkaConsumer, str]:
-    topic = settings.topic(dead_letter_name(topic_arg))
-    consumer = clients.connect(settings, shutdown, lambda: reader(settings), "reading dead letters")
+def read_letters(consumer: KafkaConsumer, topic: str, partition: int, chosen: Offsets, shutdown: Shutdown,
+                 group: str | None = None) -> Iterator[DeadLetter]:
+    """The chosen dead letters of one partition (of one consumer group's, if given), parsed: never failing."""
+    for r in read(consumer, topic, partition, chosen, shutdown):
+        letter = DeadLetter.parse(r)
+        if group is None or letter.group_id == group:
+            yield letter
+
+
+def open_topic(settings: Settings, shutdown: Shutdown, name: str,
+               partition: int | None) -> tuple[KafkaConsumer, str, list[int]]:
+    """A reader of the topic `name` (prefix applied) and the partitions to read: `partition`, or all."""
+    topic = settings.topic(name)
+    consumer = clients.connect(settings, shutdown, lambda: reader(settings), "reading records")
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         consumer.close()
-        raise cli.Fatal(f"topic {topic} does not exist at {settings.bootstrap_servers} (nothing was ever "
-                        f"dead-lettered there, or check the name and --topic-prefix)")
-    if partition not in partitions:
+        raise cli.Fatal(f"topic {escape(topic)} does not exist at {settings.bootstrap_servers} (for a dead-letter "
+                        f"topic: nothing was ever set aside there; or check the name and --topic-prefix)")
+    if partition is not None and partition not in partitions:
         consumer.close()
-        raise cli.Fatal(f"topic {topic} has no partition {partition} (it has {len(partitions)})")
+        raise cli.Fatal(f"topic {escape(topic)} has no partition {partition} (it has {len(partitions)})")
+    if partition is None:
+        return consumer, topic, sorted(partitions)
     if len(partitions) > 1:
         log.info("%s has %d partitions; this is partition %d (--partition)", topic, len(partitions), partition)
-    return consumer, topic
+    return consumer, topic, [partition]
+
+
+def print_lines(lines: Iterator[str], limit: int | None) -> int:
+    """Print lines until `limit`; returns how many. `... | head` is not an error: the reader has seen enough."""
+    shown = 0
+    try:
+        for line in lines:
+            if limit is not None and shown >= limit:
+                break
+            print(line, flush=True)
+            shown += 1
+    except BrokenPipeError:
+        # Point stdout at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return shown
 
 
 # ---------------------------------------------------------------------------------------- commands
 
 
 def list_command(settings: Settings, args: argparse.Namespace, shutdown: Shutdown) -> int:
-    consumer, topic = open_topic(settings, shutdown, args.topic, args.partition)
-    shown = 0
+    consumer, topic, [partition] = open_topic(settings, shutdown, dead_letter_name(args.topic), args.partition)
     try:
         render: Callable[[DeadLetter], str] = format_json if args.json else format_line
-        for letter in read(consumer, topic, args.partition, args.offsets or ALL, shutdown, args.group):
-            if args.limit is not None and shown >= args.limit:
-                break
-            print(render(letter), flush=True)
-            shown += 1
-    except BrokenPipeError:
-        # `... list ride_details.dlq | head`: the reader has seen enough; that is not an error. Point
-        # stdout at /dev/null so that the interpreter's final flush does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        letters = read_letters(consumer, topic, partition, args.offsets or ALL, shutdown, args.group)
+        shown = print_lines((render(letter) for letter in letters), args.limit)
     finally:
         consumer.close()
-    log.info("%d dead letters listed from %s[%d]", shown, topic, args.partition)
+    log.info("%d dead letters listed from %s[%d]", shown, topic, partition)
+    return 0
+
+
+def show_command(settings: Settings, args: argparse.Namespace, shutdown: Shutdown) -> int:
+    consumer, topic, partitions = open_topic(settings, shutdown, args.topic, args.partition)
+    render = format_record_json if args.json else format_record
+    shown = 0
+    try:
+        for partition in partitions:
+            left = None if args.limit is None else args.limit - shown
+            records = read(consumer, topic, partition, args.offsets or ALL, shutdown)
+            shown += print_lines((render(r) for r in records), left)
+    finally:
+        consumer.close()
+    log.info("%d records shown from %s%s", shown, topic, "" if args.partition is None else f"[{args.partition}]")
     return 0
 
 
 def replay_command(settings: Settings, args: argparse.Namespace, shutdown: Shutdown) -> int:
     chosen = ALL if args.all else args.offsets
-    consumer, topic = open_topic(settings, shutdown, args.topic, args.partition)
     try:
-        letters = list(read(consumer, topic, args.partition, chosen, shutdown, args.group))
-        existing = set(consumer.topics())
+        target = settings.topic(replay_source(args.topic))
+    except ValueError as e:
+        raise cli.Fatal(str(e)) from None
+    consumer, topic, [partition] = open_topic(settings, shutdown, dead_letter_name(args.topic), args.partition)
+    try:
+        letters = list(read_letters(consumer, topic, partition, chosen, shutdown, args.group))
+        target_exists = bool(consumer.partitions_for_topic(target))
     finally:
         consumer.close()
-    if not letters:
-        raise cli.Fatal(f"no dead letters at offsets {chosen} of {topic}[{args.partition}]; nothing replayed")
-    letters, skipped = distinct_sources(letters)
-    for letter, kept in skipped:
+    send, unusable, repeats = replay_plan(letters)
+    for letter in unusable:
+        log.warning("%s@%d is not replayed: %s", topic, letter.record.offset, escape("; ".join(letter.problems)))
+    for letter, kept in repeats:
         log.info("%s@%d (group %s) is the same record as %s@%d: replayed once", topic, letter.record.offset,
                  escape(letter.group_id), topic, kept.record.offset)
-    missing = sorted({letter.source_topic for letter in letters} - existing)
-    if missing:
-        raise cli.Fatal(f"source topic {', '.join(missing)} does not exist; nothing replayed")
+    if not send:
+        raise cli.Fatal(f"no dead letters at offsets {chosen} of {topic}[{partition}] to replay ({len(letters)} "
+                        f"read, {len(unusable)} unusable); nothing replayed")
+    if not target_exists:
+        raise cli.Fatal(f"source topic {target} does not exist; nothing replayed")
     # The same producer as the pipeline's (idempotent, acks=all): a replayed record is written once.
     producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "rides-dlq-replay"),
                                "replaying dead letters")
     try:
-        futures = [
-            (letter, producer.send(letter.source_topic, key=letter.record.key, value=letter.record.value,
-                                   headers=letter.original_headers()))
-            for letter in letters
-        ]
+        # Into the topic this dead-letter topic was derived from, never where a header says.
+        futures = [(letter, producer.send(target, key=letter.record.key, value=letter.record.value,
+                                          headers=letter.original_headers()))
+                   for letter in send]
         producer.flush()
         replayed = 0
         for letter, future in futures:
@@ -333,13 +439,13 @@ def replay_command(settings: Settings, args: argparse.Namespace, shutdown: Shutd
                 meta = future.get(timeout=0)  # flushed: already done
             except Exception as e:
                 raise cli.Fatal(f"replaying {topic}@{letter.record.offset} failed ({type(e).__name__}: {e}); "
-                                f"{replayed} of {len(letters)} were replayed before it (see above)") from None
-            print(f"replayed {letter.record.offset} -> {escape(meta.topic)}[{meta.partition}]@{meta.offset}",
-                  flush=True)
+                                f"{replayed} of {len(send)} were replayed before it (see above)") from None
+            print(f"replayed {letter.record.offset} -> {meta.topic}[{meta.partition}]@{meta.offset}", flush=True)
             replayed += 1
     finally:
         producer.close()
-    log.info("replayed %d dead letters from %s[%d] (offsets %s)", replayed, topic, args.partition, chosen)
+    log.info("replayed %d dead letters from %s[%d] (offsets %s) into %s; %d unusable not replayed", replayed,
+             topic, partition, chosen, target, len(unusable))
     return 0
 
 
@@ -355,31 +461,47 @@ def offsets_arg(text: str) -> Offsets:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    commands = p.add_subparsers(dest="command", required=True, metavar="{list,replay}")
+    commands = p.add_subparsers(dest="command", required=True, metavar="{list,replay,show}")
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
+    def command(name: str, help: str, topic_help: str) -> argparse.ArgumentParser:
         # The flags every script shares, after the command name (`list TOPIC --bootstrap-servers ...`).
         c = commands.add_parser(name, help=help, description=help, parents=[cli.parser(None)],
                                 conflict_handler="resolve")
-        c.add_argument("topic", metavar="TOPIC",
-                       help="dead-letter topic (ride_details.dlq) or its source topic (ride_details)")
+        c.add_argument("topic", metavar="TOPIC", help=topic_help)
+        return c
+
+    def dead_letter_command(name: str, help: str) -> argparse.ArgumentParser:
+        c = command(name, help, "dead-letter topic (ride_details.dlq) or its source topic (ride_details)")
         c.add_argument("--partition", type=int, default=0, metavar="P",
                        help="partition of the dead-letter topic (default: 0, the only one)")
         c.add_argument("--group", metavar="GROUP_ID",
                        help="only the dead letters set aside by this consumer group (default: every group's)")
         return c
 
-    ls = command("list", "print one line per dead letter: offset, origin, when, group, reason, key and value")
+    ls = dead_letter_command("list", "print one line per dead letter: offset, origin, when, group, reason, key "
+                                     "and value, and what is wrong with it if it cannot be replayed")
     ls.add_argument("--offsets", type=offsets_arg, metavar="3,5-9,20-", help="only these offsets (default: all)")
     ls.add_argument("--limit", type=int, metavar="N", help="stop after N dead letters")
     ls.add_argument("--json", action="store_true", help="one JSON object per line instead")
 
-    rp = command("replay", "send the chosen dead letters' original key, value and headers to their source "
-                           "topic, once per source record (when several groups set the same record aside); "
-                           "every group reading that topic receives them again")
+    rp = dead_letter_command("replay", "send the chosen dead letters' original key, value and headers to the "
+                                       "topic their dead-letter topic was derived from (ride_details.dlq -> "
+                                       "ride_details, same prefix), once per source record (when several groups "
+                                       "set the same record aside); letters whose dlq.* headers are wrong are "
+                                       "skipped; every group reading that topic receives them again")
     which = rp.add_mutually_exclusive_group(required=True)
     which.add_argument("--offsets", type=offsets_arg, metavar="3,5-9,20-", help="the dead letters to replay")
     which.add_argument("--all", action="store_true", help="replay every dead letter of the topic")
+
+    sh = command("show", "print one line per record of any topic (ride_rejected, ride_confirmed, ...): "
+                         "topic[partition]@offset, time, key, value and header names",
+                 "a topic as named in common.topics (ride_rejected); --topic-prefix is prepended")
+    sh.add_argument("--partition", type=int, metavar="P", help="only this partition (default: all, in order)")
+    sh.add_argument("--offsets", type=offsets_arg, metavar="3,5-9,20-",
+                    help="only these offsets of each partition (default: all)")
+    sh.add_argument("--limit", type=int, metavar="N", help="stop after N records")
+    sh.add_argument("--json", action="store_true", help="one JSON object per line instead, with the whole key, "
+                                                        "value and headers (base64 where not UTF-8)")
     return p
 
 
@@ -394,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shared_argv = [f"--{n.replace('_', '-')}={getattr(args, n)}" for n in names if getattr(args, n) is not None]
     settings = cli.load(Settings, shared, shared_argv)
     shutdown = Shutdown.on_signals()
-    run = list_command if args.command == "list" else replay_command
+    run = {"list": list_command, "replay": replay_command, "show": show_command}[args.command]
     return run(settings, args, shutdown)
 
 

@@ -7,10 +7,11 @@ import json
 
 import pytest
 from kafka import KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
 
 from common import topics
 from common.clients import admin
-from common.dead_letters import DeadLetters
+from common.dead_letters import DeadLetters, headers_for
 from common.settings import Settings
 from tests.integration.pipeline import Script, read_all, unique_prefix
 
@@ -117,3 +118,111 @@ def test_errors_are_one_line_and_non_zero(kafka_bootstrap, dead_lettered):
 
     usage = run_dlq(kafka_bootstrap, prefix, "replay", "ride_details.dlq", "--offsets", "x", expect=2)
     assert "'x' is not an offset" in usage.log()
+
+
+# ------------------------------------------------------------------------------ letters nobody can trust
+
+
+def make_topics(bootstrap: str, prefix: str) -> Settings:
+    settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix)
+    a = admin(settings)
+    try:
+        topics.ensure_topics(a, settings)  # all of the pipeline's topics, with its partition counts
+    finally:
+        a.close()
+    return settings
+
+
+def test_malformed_letters_are_listed_with_what_is_wrong_and_never_replayed(kafka_bootstrap):
+    prefix, other = unique_prefix("dlq"), unique_prefix("other")
+    settings = make_topics(kafka_bootstrap, prefix)
+    make_topics(kafka_bootstrap, other)
+    source, dlq = settings.topic(topics.RIDE_DETAILS), settings.topic(topics.dead_letter_topic(topics.RIDE_DETAILS))
+
+    def letter(i: int, **changes: bytes | None) -> list[tuple[str, bytes]]:
+        record = ConsumerRecord(source, 1, -1, 100 + i, 1_700_000_000_000, 0, b"k", b"v", [], None, 0, 0, 0)
+        headers = dict(headers_for(record, f"reason {i}", "tests-group"))
+        for name, value in changes.items():
+            name = "dlq." + name.replace("_", ".")
+            headers[name] = value
+        return [(k, v) for k, v in headers.items() if v is not None]
+
+    letters = [
+        ("good", letter(0)),
+        ("partition=abc", letter(1, source_partition=b"abc")),
+        ("failed.at too big", letter(2, failed_at=b"99999999999999999999")),
+        ("no headers", []),
+        ("not UTF-8", letter(4, reason=b"\xff\xfe", group=b"\xc3")),
+        ("escape sequences", letter(5, group=b"\x1b]0;pwned\x07", reason=b"\x1b[2J\x1b[31mred")),
+        ("another pipeline", letter(6, source_topic=f"{other}ride_details".encode())),
+        ("another topic", letter(7, source_topic=f"{prefix}ride_confirmed".encode())),
+        ("good too", letter(8)),
+    ]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, client_id="tests-dlq")
+    try:
+        for i, (_, headers) in enumerate(letters):
+            producer.send(dlq, key=f"key-{i}".encode(), value=f"value-{i}".encode(), headers=headers)
+        producer.flush()
+    finally:
+        producer.close()
+
+    listing = run_dlq(kafka_bootstrap, prefix, "list", "ride_details.dlq")
+    lines = listing.stdout().splitlines()
+    assert len(lines) == len(letters)
+    usable = ("good", "escape sequences", "good too")  # hostile text, shown escaped, but from the right place
+    assert [("unusable" in line) for line in lines] == [name not in usable for name, _ in letters]
+    assert "dlq.source.partition is not a number" in lines[1] and "dlq.failed.at is not a time" in lines[2]
+    assert "no dlq.* headers" in lines[3] and "dlq.reason is not UTF-8" in lines[4] and "\\xff\\xfe" in lines[4]
+    assert "\\x1b]0;pwned\\x07" in lines[5] and f"is {other}ride_details, not {prefix}ride_details" in lines[6]
+    as_json = run_dlq(kafka_bootstrap, prefix, "list", "ride_details.dlq", "--json").stdout().splitlines()
+    assert [json.loads(line)["problems"] == [] for line in as_json] == [name in usable for name, _ in letters]
+
+    replay = run_dlq(kafka_bootstrap, prefix, "replay", "ride_details.dlq", "--all")
+    assert [line.split()[1] for line in replay.stdout().splitlines()] == ["0", "5", "8"]
+    assert "6 unusable not replayed" in replay.log()
+    for script in (listing, replay):
+        assert "\x1b" not in script.stdout() + script.log() and "\x07" not in script.stdout() + script.log()
+    assert sorted(r.value for r in read_all(kafka_bootstrap, source, quiet=1.0)) == [b"value-0", b"value-5", b"value-8"]
+    for untouched in (f"{other}ride_details", f"{prefix}ride_confirmed"):
+        assert read_all(kafka_bootstrap, untouched, quiet=0.5) == []
+
+
+def test_replay_writes_only_into_the_pipelines_source_topics(kafka_bootstrap):
+    prefix = unique_prefix("dlq")
+    make_topics(kafka_bootstrap, prefix)
+    refused = run_dlq(kafka_bootstrap, prefix, "replay", "ride_rejected", "--all", expect=1)
+    assert "replay reads only the pipeline's dead-letter topics" in refused.log()
+    assert len(refused.log().strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------ any topic
+
+
+def test_show_prints_every_record_of_any_topic_escaped(kafka_bootstrap):
+    prefix = unique_prefix("show")
+    settings = make_topics(kafka_bootstrap, prefix)
+    rejected = settings.topic(topics.RIDE_REJECTED)
+    sent = [(p, f"ride-{p}-{i}".encode(), b'{"reason": "outside"}' if i else b"\x1b[2J\xff")
+            for p in range(3) for i in range(3)]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, client_id="tests-show")
+    try:
+        for p, key, value in sent:
+            producer.send(rejected, key=key, value=value, partition=p, headers=[("trace", b"t\x1b")])
+        producer.flush()
+    finally:
+        producer.close()
+
+    lines = run_dlq(kafka_bootstrap, prefix, "show", "ride_rejected").stdout().splitlines()
+    assert [line.split()[0] for line in lines] == [f"{rejected}[{p}]@{i}" for p in range(3) for i in range(3)]
+    assert all(line.isprintable() for line in lines)
+    assert "key=ride-0-0" in lines[0] and "value[5 B]=\\x1b[2J\\xff" in lines[0] and "headers=trace" in lines[0]
+
+    one = run_dlq(kafka_bootstrap, prefix, "show", "ride_rejected", "--partition", "1", "--offsets", "1-", "--json")
+    objs = [json.loads(line) for line in one.stdout().splitlines()]
+    assert [(o["partition"], o["offset"], o["key"], o["value"]) for o in objs] == [
+        (1, 1, "ride-1-1", '{"reason": "outside"}'), (1, 2, "ride-1-2", '{"reason": "outside"}')]
+    assert objs[0]["headers"] == [["trace", "t\x1b"]]
+
+    missing = run_dlq(kafka_bootstrap, prefix, "show", "no_such_topic", expect=1)
+    assert f"topic {prefix}no_such_topic does not exist" in missing.log()
+    assert len(missing.log().strip().splitlines()) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -15,12 +16,15 @@ from common.dlq import (
     ALL,
     build_parser,
     dead_letter_name,
-    distinct_sources,
     escape,
     format_json,
     format_line,
+    format_record,
+    format_record_json,
     parse_offsets,
     preview,
+    replay_plan,
+    replay_source,
     when,
 )
 
@@ -156,10 +160,11 @@ def test_replay_sends_each_source_record_once_whatever_the_number_of_groups():
     email = dead_letter(b"x")
     analysis = DeadLetter.parse(email.record._replace(
         offset=13, headers=[(k, b"analysis" if k == dead_letters.GROUP else v) for k, v in email.record.headers]))
-    unknown = DeadLetter.parse(email.record._replace(offset=14, headers=[]))  # no dlq.* headers: kept
-    unique, skipped = distinct_sources([email, analysis, unknown, unknown])
-    assert unique == [email, unknown, unknown]
-    assert skipped == [(analysis, email)]
+    unknown = DeadLetter.parse(email.record._replace(offset=14, headers=[]))  # no dlq.* headers: unusable
+    send, unusable, repeats = replay_plan([email, analysis, unknown, unknown])
+    assert send == [email]
+    assert repeats == [(analysis, email)]
+    assert unusable == [unknown, unknown]
 
 
 def test_an_undelivered_dead_letter_stops_the_script_before_its_commit():
@@ -178,3 +183,142 @@ def test_an_undelivered_dead_letter_stops_the_script_before_its_commit():
     with pytest.raises(Fatal, match=r"1 dead letters could not be stored \(broker gone\); stopping without "
                                     r"saving: their records are read again when analysis.py runs again"):
         stop_if_undelivered(sends, "analysis.py", what_is_kept="saving")
+
+
+# ---------------------------------------------------------------------------------- hostile letters
+
+
+def with_headers(headers, topic: str = "p.ride_details.dlq", offset: int = 12) -> ConsumerRecord:
+    return ConsumerRecord(topic, 0, -1, offset, 1_700_000_003_000, 0, b"k", b"v", headers, None, 0, 0, 0)
+
+
+def good_headers(**changes: bytes | None) -> list[tuple[str, bytes]]:
+    """A dead letter's headers as common.dead_letters writes them, with some replaced (None: removed)."""
+    headers = dict(dead_letter(b"x").record.headers)
+    for name, value in changes.items():
+        name = "dlq." + name.replace("_", ".")
+        if value is None:
+            headers.pop(name)
+        else:
+            headers[name] = value
+    return list(headers.items())
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"source_partition": b"abc"}, "dlq.source.partition is not a number"),
+    ({"source_offset": b"-3"}, "dlq.source.offset is not a number"),
+    ({"source_offset": "٣".encode()}, "dlq.source.offset is not a number"),
+    ({"failed_at": b"99999999999999999999"}, "dlq.failed.at is not a time"),
+    ({"failed_at": b"0"}, "dlq.failed.at is not a time"),
+    ({"reason": b"bad \xff\xfe reason"}, "dlq.reason is not UTF-8"),
+    ({"group": None}, "no dlq.group"),
+    ({"source_topic": b"q.ride_details"}, "dlq.source.topic is q.ride_details, not p.ride_details"),
+    ({"source_topic": b"p.ride_confirmed"}, "dlq.source.topic is p.ride_confirmed, not p.ride_details"),
+])
+def test_a_malformed_letter_is_read_with_what_is_wrong(changes, problem):
+    letter = DeadLetter.parse(with_headers(good_headers(**changes)))
+    assert not letter.usable
+    assert any(p.startswith(problem) for p in letter.problems), letter.problems
+    line = format_line(letter)
+    assert line.isprintable() and "unusable" in line and escape(problem) in line
+    assert json.loads(format_json(letter))["problems"] == list(letter.problems)
+
+
+def test_a_letter_without_any_dlq_header_is_unusable():
+    letter = DeadLetter.parse(with_headers([]))
+    assert letter.problems == ("no dlq.* headers: not set aside by a pipeline script",)
+    assert format_line(letter).startswith("12  ?  -  -  ")
+
+
+def test_a_header_given_twice_is_a_problem():
+    letter = DeadLetter.parse(with_headers([*good_headers(), ("dlq.source.topic", b"p.ride_details")]))
+    assert letter.problems == ("dlq.source.topic appears more than once",)
+
+
+def test_a_well_formed_letter_is_usable():
+    letter = DeadLetter.parse(with_headers(good_headers()))
+    assert letter.usable and letter.problems == ()
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == ("p.ride_details", 4, 1045)
+
+
+def test_nothing_from_a_header_reaches_the_terminal_raw():
+    letter = DeadLetter.parse(with_headers(good_headers(group=b"\x1b]0;pwned\x07", reason=b"r\x1b[2J",
+                                                         source_partition=b"\x1b[31m")))
+    for text in (format_line(letter), format_json(letter), *letter.problems):
+        assert "\x1b" not in escape(text) and "\x07" not in escape(text)
+    assert "\x1b" not in format_line(letter) and format_json(letter).isascii()
+
+
+OUR = [dead_letters.REASON, dead_letters.SOURCE_TOPIC, dead_letters.SOURCE_PARTITION, dead_letters.SOURCE_OFFSET,
+       dead_letters.SOURCE_TIMESTAMP, dead_letters.GROUP, dead_letters.FAILED_AT]
+
+
+@given(st.lists(st.tuples(st.sampled_from([*OUR, "trace", "\x1b"]), st.binary(max_size=30)), max_size=10),
+       st.integers(-(2**63), 2**63 - 1))
+def test_parsing_any_headers_never_raises_and_every_line_is_printable(headers, timestamp):
+    letter = DeadLetter.parse(with_headers(headers)._replace(timestamp=timestamp))
+    assert format_line(letter).isprintable()
+    assert format_json(letter).isascii()
+    assert format_record(letter.record).isprintable() and format_record_json(letter.record).isascii()
+
+
+def test_when_never_fails():
+    assert when(None) == "-" and when(-1) == "-"
+    assert when(99999999999999999999) == "?99999999999999999999"
+
+
+# ------------------------------------------------------------------------------------------ replay
+
+
+def test_replay_goes_only_into_the_pipelines_own_source_topics():
+    assert replay_source("ride_details.dlq") == "ride_details"
+    assert replay_source("ride_confirmed") == "ride_confirmed"
+    for other in ("ride_rejected", "ride_rejected.dlq", "something.dlq", "ride_details.dlq.dlq"):
+        with pytest.raises(ValueError) as e:
+            replay_source(other)
+        assert "ride_details.dlq, ride_confirmed.dlq" in str(e.value) or "ride_confirmed.dlq, ride_details.dlq" \
+            in str(e.value)
+
+
+def test_replay_plan_skips_unusable_letters_and_repeats():
+    good = DeadLetter.parse(with_headers(good_headers(), offset=1))
+    again = DeadLetter.parse(with_headers(good_headers(group=b"analysis"), offset=2))
+    elsewhere = DeadLetter.parse(with_headers(good_headers(source_topic=b"other.ride_details"), offset=3))
+    broken = DeadLetter.parse(with_headers(good_headers(source_offset=b"abc"), offset=4))
+    send, unusable, repeats = replay_plan([good, again, elsewhere, broken])
+    assert send == [good] and unusable == [elsewhere, broken] and repeats == [(again, good)]
+
+
+# -------------------------------------------------------------------------------------- any topic
+
+
+def rejected(value: bytes, key: bytes | None = b"ride-1", headers=()) -> ConsumerRecord:
+    return ConsumerRecord("p.ride_rejected", 2, -1, 7, 1_700_000_000_000, 0, key, value, list(headers),
+                          None, 0, 0, 0)
+
+
+def test_a_record_of_any_topic_is_one_escaped_line():
+    line = format_record(rejected(b'{"reason": "outside"}', headers=[("h\x1b", b"x")]))
+    assert line == ('p.ride_rejected[2]@7  2023-11-14T22:13:20Z  key=ride-1  value[21 B]={"reason": "outside"}'
+                    '  headers=h\\x1b')
+    hostile = format_record(rejected(b"\x1b[2J" + b"\xff" * 100_000, key=b"\x07"))
+    assert hostile.isprintable() and len(hostile) < 200 and "key=\\x07" in hostile
+
+
+def test_a_record_as_json_is_whole_and_ascii():
+    obj = json.loads(format_record_json(rejected(b"\xff" + b"x" * 1000, headers=[("trace", b"t\x1b")])))
+    assert obj["topic"] == "p.ride_rejected" and (obj["partition"], obj["offset"]) == (2, 7)
+    assert obj["key"] == "ride-1" and obj["timestamp"] == "2023-11-14T22:13:20Z"
+    assert base64.b64decode(obj["value"]["base64"]) == b"\xff" + b"x" * 1000
+    assert obj["headers"] == [["trace", "t\x1b"]]
+    assert format_record_json(rejected(b"\x1b[2J")).isascii()
+
+
+def test_show_is_a_command_and_the_old_ones_still_parse(capsys):
+    args = build_parser().parse_args(["show", "ride_rejected", "--partition", "1", "--offsets", "3-", "--json"])
+    assert (args.command, args.topic, args.partition, args.json) == ("show", "ride_rejected", 1, True)
+    assert build_parser().parse_args(["show", "ride_rejected"]).partition is None
+    assert build_parser().parse_args(["list", "ride_details.dlq", "--limit", "3"]).limit == 3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    assert "show" in capsys.readouterr().out
