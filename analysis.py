@@ -231,8 +231,9 @@ class State:
             with self._db:
                 self._db.execute("INSERT INTO source (id, topic, topic_id, group_id) VALUES (1, ?, ?, ?)", wanted)
         elif tuple(row) != wanted:
-            differs = [f"{name} {new} (not {old})" for name, old, new in
-                       zip(("topic", "topic id", "group"), row, wanted, strict=True) if old != new]
+            differs = [f"{name} {new} (not {old}{why})" for name, old, new, why in
+                       zip(("topic", "topic id", "group"), row, wanted,
+                           ("", ": deleted and created again, or another cluster", ""), strict=True) if old != new]
             raise cli.Fatal(f"{self.path} holds the statistics of topic {row[0]} (topic id {row[1]}) for group "
                             f"{row[2]}, but this run reads {'; '.join(differs)}; they are never merged: "
                             f"delete the file or pass another --state")
