@@ -2,11 +2,18 @@
 
 Consumes ride_confirmed in group "email". Without SMTP settings each email is written as one
 `<ride_id>.eml` file into --outbox; with them (SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASSWORD, SMTP_FROM
-or the --smtp-* flags) it goes out through that SMTP server.
+or the --smtp-* flags) it goes out through that SMTP server. A password is only sent over TLS (STARTTLS
+or port 465), unless --smtp-allow-plain-login says otherwise (a local test server).
 
 Guarantee: at-least-once consumption with an idempotent effect. A SQLite ledger keyed by ride_id records
 every email before the batch's offsets are committed, so a ride Kafka delivers again (a restart, a
-rebalance, a duplicate from transaction.py's at-least-once mode) is skipped, never emailed twice.
+rebalance, a duplicate from transaction.py's at-least-once mode) is skipped, never emailed twice. The
+ledger belongs to one consumer group: its instances share it, another group is refused.
+
+What stops and what is set aside: a failure of one record (it cannot be decoded or rendered, or the mail
+server refuses it for good: 5xx to its recipient or to its DATA) sends it to ride_confirmed.dlq with the
+reason, and the next ride is emailed. A failure of the infrastructure (Kafka, the disk, an SMTP server
+unreachable or answering 4xx after retries) stops the script without committing.
 
 The crash window: the ledger marks a ride 'sending' (committed to SQLite) before delivering and 'sent'
 after. A crash between the two leaves 'sending': on replay that ride is delivered again with the same
@@ -449,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, group_id="email")
     p.add_argument("--outbox", metavar="DIR", help="where .eml files go without SMTP settings (default: outbox)")
     p.add_argument("--ledger", metavar="PATH",
-                   help=f"SQLite ledger of emailed rides (default: {LEDGER_NAME} in the outbox)")
+                   help=f"SQLite ledger of emailed rides, owned by one consumer group (default: {LEDGER_NAME} "
+                        "in the outbox)")
     p.add_argument("--smtp-host", help="SMTP server (default: $SMTP_HOST; none: write to the outbox)")
     p.add_argument("--smtp-port", type=int, help="default: $SMTP_PORT, else 587 (465: implicit TLS)")
     p.add_argument("--smtp-user", help="default: $SMTP_USER (no login without it)")
