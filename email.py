@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
@@ -100,10 +100,13 @@ def message_id(ride_id: UUID, sender: str) -> str:
 
 
 def recipients(message: EmailMessage) -> list[str]:
-    """The To addresses as a mail server or client reads them: parsed back from the email's bytes, so
-    that an RFC 2047 encoded word or a comma decoded there counts, not only what we meant to write."""
-    to = BytesParser(policy=default_policy).parsebytes(bytes(message))["To"]
-    return [a.addr_spec for a in to.addresses] if to is not None else []
+    """The To addresses as a mail server or client reads them: the header as it is written into the
+    email's bytes, parsed back, so that an RFC 2047 encoded word or a comma decoded there counts, not only
+    what we meant to write. (The header alone: parsing the whole email back would halve render's speed.)"""
+    if message["To"] is None:
+        return []
+    wire = message.policy.fold_binary("To", message["To"])
+    return [a.addr_spec for a in BytesHeaderParser(policy=default_policy).parsebytes(wire)["To"].addresses]
 
 
 def render(ride: "schemas.RideConfirmed", sender: str = DEFAULT_FROM) -> EmailMessage:

@@ -10,6 +10,7 @@ import threading
 from datetime import datetime, timezone
 from decimal import Decimal
 from email import message_from_bytes
+from email.message import EmailMessage
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -467,6 +468,18 @@ def test_render_refuses_anything_but_exactly_one_recipient_equal_to_the_customer
     with pytest.raises(schemas.PoisonRecord) as e:
         schemas.record_step("cannot render the email", em.render, unchecked(customer_email=address))
     assert "\n" not in str(e.value) and "\r" not in str(e.value)
+
+
+@pytest.mark.parametrize(("to", "read"), [
+    ("=?utf-8?q?evil=40attacker.test=2C?=@example.com", ["evil@attacker.test", "<>"]),
+    ("ada@example.com, eve@example.com", ["ada@example.com", "eve@example.com"]),
+    ("ada@example.com", ["ada@example.com"]),
+])
+def test_recipients_are_read_as_a_mail_client_reads_the_written_header(to, read):
+    # What render() checks against [customer_email], and what the SMTP envelope is made of.
+    message = EmailMessage()
+    message["To"] = to  # a string, as render() once set it
+    assert em.recipients(message) == read
 
 
 def test_any_failure_to_render_dead_letters_the_ride_and_the_next_one_is_emailed(mailer, monkeypatch, tmp_path):
