@@ -5,7 +5,6 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -18,7 +17,6 @@ import analysis
 from common import cli, schemas
 from tests.unit.strategies import ride_confirmations
 
-ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 
 
@@ -179,6 +177,13 @@ def test_the_lock_is_the_state_file_itself_so_deleting_any_other_file_frees_noth
         first.close()
 
 
+# Another process reading the state with SQLite alone, as load_state() does.
+READ_RIDES = """import json, sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+print(json.loads(db.execute("SELECT json FROM stats").fetchone()[0])["all"]["rides"])
+"""
+
+
 def test_the_lock_leaves_sqlite_alone(tmp_path):
     # flock() and SQLite's own POSIX (fcntl) locks are independent on Linux: while the state is locked,
     # its owner keeps saving and another process can still read it (tests and the demo do).
@@ -187,9 +192,8 @@ def test_the_lock_leaves_sqlite_alone(tmp_path):
     try:
         for n in range(1, 4):
             state.save(fold_all([ride()] * n), {TP0: n})
-            out = subprocess.run(
-                [sys.executable, "-c", "import sys, analysis; print(analysis.load_state(sys.argv[1])[0].all.rides)",
-                 str(path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+            out = subprocess.run([sys.executable, "-c", READ_RIDES, str(path)], capture_output=True, text=True,
+                                 timeout=60)
             assert out.stdout.strip() == str(n), out.stderr
     finally:
         state.close()
