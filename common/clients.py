@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from common import topics
 from common.cli import Fatal, Interrupted
@@ -146,14 +146,22 @@ def consumer(
 
 
 def connect(settings: Settings, shutdown: Shutdown, make: Callable[[], T], what: str) -> T:
-    """make() a client, retrying with backoff while Kafka is unreachable, for up to settings.wait s."""
+    """make() a client and make its first calls, retrying the whole step with backoff while Kafka is
+    unreachable, for up to settings.wait s.
+
+    Any retriable Kafka error counts, not only a failed bootstrap: a broker that stops or restarts while
+    a script starts fails the calls made after the constructor too (topics, transactions). make() must
+    be safe to run again, and close what it built when it fails.
+    """
     deadline = time.monotonic() + settings.wait
     delay = 0.5
     warned = False
     while True:
         try:
             return make()
-        except (KafkaTimeoutError, KafkaConnectionError) as e:
+        except KafkaError as e:
+            if not e.retriable:
+                raise
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Fatal(
@@ -170,10 +178,18 @@ def connect(settings: Settings, shutdown: Shutdown, make: Callable[[], T], what:
             delay = min(delay * 2, 5.0)
 
 
+def with_admin(settings: Settings, shutdown: Shutdown, step: Callable[[KafkaAdminClient], T], what: str) -> T:
+    """step(admin) with an admin client of its own, both retried as one (connect()) while Kafka is unreachable."""
+    def attempt() -> T:
+        admin_client = admin(settings)
+        try:
+            return step(admin_client)
+        finally:
+            admin_client.close()
+
+    return connect(settings, shutdown, attempt, what)
+
+
 def ensure_topics(settings: Settings, shutdown: Shutdown, names: list[str] | None = None) -> None:
     """A script's first step: wait for Kafka (as connect() does), then create the topics still missing."""
-    admin_client = connect(settings, shutdown, lambda: admin(settings), "admin client")
-    try:
-        topics.ensure_topics(admin_client, settings, names)
-    finally:
-        admin_client.close()
+    with_admin(settings, shutdown, lambda a: topics.ensure_topics(a, settings, names), "topics")
