@@ -47,6 +47,9 @@ FIRST_NAMES = ("ada", "ben", "chloe", "dev", "elena", "farid", "grace", "hiro", 
 LAST_NAMES = ("garcia", "smith", "chen", "okafor", "novak", "rossi", "kim", "patel", "haddad", "silva",
               "murphy", "cohen", "ivanova", "nguyen", "johnson", "tanaka")
 EMAIL_DOMAINS = ("example.com", "example.org", "example.net")
+# Rides sent and not yet acknowledged, at most: a few batches' worth keeps the producer busy, and far
+# below what fills its 32 MB buffer.
+MAX_IN_FLIGHT = 10_000
 
 
 # ------------------------------------------------------------------------------------ the domain
@@ -184,12 +187,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while not shutdown.requested:
             reachability.check(producer)  # one line when Kafka is lost, one when it is back
+            if time.monotonic() - last_report >= 5:
+                last_report = time.monotonic()
+                log.info("progress: requested=%d acknowledged=%d failed=%d", deliveries.requested,
+                         deliveries.acknowledged, deliveries.failed)
             if settings.count is not None and deliveries.acknowledged + deliveries.in_flight >= settings.count:
                 if deliveries.in_flight == 0:
                     break  # count reached: every ride acknowledged
                 # All rides needed are on their way: wait for their acks (a failure reopens the loop).
                 deliveries.changed.clear()
                 if deliveries.in_flight:
+                    deliveries.changed.wait(0.2)
+                continue
+            if deliveries.in_flight >= MAX_IN_FLIGHT:
+                # Kafka is slow or away: wait for acks here, where a stop request is heard, rather than
+                # in send(), which blocks for up to a minute once the producer's buffer is full.
+                deliveries.changed.clear()
+                if deliveries.in_flight >= MAX_IN_FLIGHT:
                     deliveries.changed.wait(0.2)
                 continue
             if settings.rate:
@@ -200,10 +214,6 @@ def main(argv: list[str] | None = None) -> int:
             ride = next(source)
             future = producer.send(topic, key=schemas.ride_key(ride.ride_id), value=schemas.encode(ride))
             deliveries.sent(ride.ride_id, future)
-            if time.monotonic() - last_report >= 5:
-                last_report = time.monotonic()
-                log.info("progress: requested=%d acknowledged=%d failed=%d", deliveries.requested,
-                         deliveries.acknowledged, deliveries.failed)
     finally:
         # Stop producing, then give the rides on their way a chance to be acknowledged, within the
         # 10 s a stop may take (Kafka may be unreachable: then they are abandoned).
