@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CorruptRecordError
 
 from common import cli, clients, topics
 from common.dead_letters import DeadLetter
@@ -312,7 +313,15 @@ def read(consumer: KafkaConsumer, topic: str, partition: int, chosen: Offsets,
     while position < end:
         if shutdown.requested:
             raise cli.Interrupted()
-        records = consumer.poll(timeout_ms=500).get(tp, [])
+        try:
+            records = consumer.poll(timeout_ms=500).get(tp, [])
+        except CorruptRecordError as e:
+            # kafka-python cannot decode a record it fetched (say, a header key that is not UTF-8, which any
+            # client can write). Its position is that record's offset: name it, step over it, go on.
+            bad = consumer.position(tp)
+            log.warning("%s[%d]@%d cannot be read (%s); skipped", topic, partition, bad, escape(str(e)))
+            consumer.seek(tp, bad + 1)
+            continue
         # Progress is the position, not records: aborted records and transaction markers advance it
         # without returning anything.
         if consumer.position(tp) != position:

@@ -226,3 +226,29 @@ def test_show_prints_every_record_of_any_topic_escaped(kafka_bootstrap):
     missing = run_dlq(kafka_bootstrap, prefix, "show", "no_such_topic", expect=1)
     assert f"topic {prefix}no_such_topic does not exist" in missing.log()
     assert len(missing.log().strip().splitlines()) == 1
+
+
+class NotUtf8(str):
+    """A header key kafka-python writes as bytes that are not UTF-8 (its producer encodes str keys; other
+    clients can write any bytes). kafka-python's consumer then fails to decode the whole record."""
+
+    def encode(self, *args, **kwargs) -> bytes:
+        return b"\xff\xfe"
+
+
+def test_a_record_kafka_python_cannot_decode_is_named_and_stepped_over(kafka_bootstrap):
+    prefix = unique_prefix("show")
+    settings = make_topics(kafka_bootstrap, prefix)
+    for topic in (settings.topic(topics.RIDE_REJECTED), settings.topic(topics.dead_letter_topic(topics.RIDE_DETAILS))):
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, client_id="tests-show")
+        try:
+            for value, headers in [(b"before", []), (b"broken", [(NotUtf8("k"), b"v")]), (b"after", [])]:
+                producer.send(topic, key=b"k", value=value, headers=headers, partition=0).get(timeout=30)
+        finally:
+            producer.close()
+    shown = run_dlq(kafka_bootstrap, prefix, "show", "ride_rejected", "--partition", "0")
+    assert [line.split("value[")[1] for line in shown.stdout().splitlines()] == ["6 B]=before", "5 B]=after"]
+    assert f"{prefix}ride_rejected[0]@1 cannot be read" in shown.log()
+    listed = run_dlq(kafka_bootstrap, prefix, "list", "ride_details.dlq")
+    assert [line.split()[0] for line in listed.stdout().splitlines()] == ["0", "2"]
+    assert f"{prefix}ride_details.dlq[0]@1 cannot be read" in listed.log()
