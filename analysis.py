@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 from pydantic import Field
@@ -315,15 +315,10 @@ def advance(saved: dict[TopicPartition, int], records: list[ConsumerRecord]) -> 
     return {tp: max(om.offset, saved.get(tp, 0)) for tp, om in consume.next_offsets(records).items()}
 
 
-def source_topic_id(settings: AnalysisSettings) -> str:
+def source_topic_id(admin: KafkaAdminClient, settings: AnalysisSettings) -> str:
     """Create the topics still missing, and return the id of the one analysed (which incarnation it is)."""
-    source = settings.topic(topics.RIDE_CONFIRMED)
-    admin = clients.admin(settings)
-    try:
-        topics.ensure_topics(admin, settings, [topics.RIDE_CONFIRMED, topics.dead_letter_topic(topics.RIDE_CONFIRMED)])
-        return str(admin.describe_topics([source])[0]["topic_id"])
-    finally:
-        admin.close()
+    topics.ensure_topics(admin, settings, [topics.RIDE_CONFIRMED, topics.dead_letter_topic(topics.RIDE_CONFIRMED)])
+    return str(admin.describe_topics([settings.topic(topics.RIDE_CONFIRMED)])[0]["topic_id"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # The whole admin block is retried, not only building the client: the broker can go away between
         # two admin calls just as well.
-        topic_id = clients.connect(settings, shutdown, lambda: source_topic_id(settings), "admin")
+        topic_id = clients.with_admin(settings, shutdown, lambda admin: source_topic_id(admin, settings), "admin")
         state.bind(source, topic_id, settings.group_id)
         producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "analysis-dead-letters"),
                                    "dead-letter producer")
