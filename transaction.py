@@ -39,7 +39,7 @@ from kafka.errors import (
 )
 from pydantic import Field
 
-from common import city, cli, clients, consume, schemas, topics
+from common import city, cli, clients, consume, reachability, schemas, topics
 from common.changelog import Changelog, Stopped
 from common.dead_letters import DeadLetters, where
 from common.decided import DecidedRides
@@ -256,9 +256,9 @@ class Pipeline:
     def _new_producer(self, why: str) -> None:
         log.warning("%s: starting a new producer with transactional.id %s", why, self.settings.transactional_id)
         try:
-            self.producer.close(timeout=0)
+            clients.close_producer(self.producer, timeout=0)  # what the old one still holds is abandoned
         except KafkaError:
-            pass
+            pass  # it is fenced or broken: that is why it is being replaced
         self.producer = self._connect_producer()
 
     def close(self) -> None:
@@ -267,7 +267,7 @@ class Pipeline:
             self.changelog.close()
         finally:
             try:
-                self.producer.close(timeout=2)
+                clients.close_producer(self.producer, timeout=2)
             except KafkaError as e:  # outputs of an abandoned batch: never committed, read again next run
                 log.warning("producer closed with records unsent (%s)", e)
 
@@ -315,6 +315,7 @@ class Pipeline:
                 self.producer.flush(timeout=1.0)  # in steps, to notice a stop request during an outage
                 break
             except KafkaTimeoutError:
+                reachability.check(self.producer)  # an outage in mid-batch never reaches poll_batch
                 if self.shutdown.requested:
                     stop_by = stop_by or time.monotonic() + STOP_GRACE
                     if time.monotonic() > stop_by:
