@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                 sends = []
                 for record in unseen(records, saved):
                     try:
-                        ride = schemas.decode(schemas.RideConfirmed, record.key, record.value)
+                        ride = consume.decode(schemas.RideConfirmed, record)
                     except schemas.PoisonRecord as e:
                         sends.append(dead_letters.send(record, str(e)))
                         stats.dead_lettered += 1

@@ -412,8 +412,7 @@ class Mailer:
         # Decoding and rendering are pure: any exception of theirs is this record's (record_step), set
         # aside; the ledger, the transport and Kafka are infrastructure, whose failures retry or stop.
         try:
-            ride = schemas.record_step("cannot decode", schemas.decode, schemas.RideConfirmed, record.key,
-                                       record.value)
+            ride = schemas.record_step("cannot decode", consume.decode, schemas.RideConfirmed, record)
         except schemas.PoisonRecord as e:
             self.set_aside(record, str(e))
             return

@@ -280,7 +280,7 @@ class Pipeline:
         for record in records:
             # Every step here is pure: whatever fails belongs to this record, which is set aside.
             try:
-                request = schemas.decode(RideRequest, record.key, record.value)
+                request = consume.decode(RideRequest, record)
                 request_fp = record_step("cannot be fingerprinted", fingerprint, request)
                 decided = self.decided.lookup(record.partition, request.ride_id)
                 if decided is not None:

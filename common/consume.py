@@ -15,10 +15,11 @@ import time
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import CorruptRecordError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from common import reachability
+from common import reachability, schemas
+from common.schemas import M, PoisonRecord
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def poll_batch(consumer: KafkaConsumer, timeout_ms: int = POLL_TIMEOUT_MS) -> li
     reachability.check(consumer)
     try:
         batches = consumer.poll(timeout_ms=timeout_ms)
+    except CorruptRecordError as e:
+        return [stand_in_for_unreadable(consumer, e)]
     except KafkaError as e:
         if not e.retriable:
             raise
@@ -42,6 +45,38 @@ def poll_batch(consumer: KafkaConsumer, timeout_ms: int = POLL_TIMEOUT_MS) -> li
         time.sleep(timeout_ms / 1000)
         return []
     return [r for records in batches.values() for r in records]
+
+
+# The header that marks a stand-in for a record kafka-python cannot read; its value is the reason.
+UNREADABLE = "rides.unreadable"
+
+
+def stand_in_for_unreadable(consumer: KafkaConsumer, error: CorruptRecordError) -> ConsumerRecord:
+    """A stand-in for the record poll() cannot read (a header key that is not UTF-8, a failed CRC), which
+    the consumer then sets aside like any poison record, and the position moved past it.
+
+    poll() raises on such a record at every attempt, and any producer can write one, so without this one
+    record would stop a consumer for good. kafka-python 3.0.12 (pinned) does not say which record failed;
+    its fetcher holds the failing partition's records, positioned at the record it could not read (private,
+    hence the check). The stand-in keeps the position; the record's own bytes cannot be had through
+    kafka-python, so the dead letter carries an empty value and the reason.
+    """
+    part = getattr(getattr(consumer, "_fetcher", None), "_next_partition_records", None)
+    tp, offset = getattr(part, "topic_partition", None), getattr(part, "next_fetch_offset", None)
+    if tp is None or offset is None or tp not in consumer.assignment():
+        raise error
+    consumer.seek(tp, offset + 1)
+    reason = f"kafka-python cannot read this record ({type(error).__name__}: {error})"
+    return ConsumerRecord(tp.topic, tp.partition, -1, offset, -1, 0, None, b"", [(UNREADABLE, reason.encode())],
+                          None, -1, 0, -1)
+
+
+def decode(model: type[M], record: ConsumerRecord) -> M:
+    """schemas.decode of a polled record; a stand-in for an unreadable one raises its own reason."""
+    for key, value in record.headers or []:
+        if key == UNREADABLE and record.value == b"" and record.key is None:
+            raise PoisonRecord(value.decode(errors="replace"))
+    return schemas.decode(model, record.key, record.value)
 
 
 def next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:
