@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # No save here: everything counted so far was saved with its batch, and a batch cut short by an
         # error must not be saved half-counted. What is printed is what the state file holds.
-        producer.close()
+        clients.close_producer(producer, timeout=2)  # unsent dead letters: their batch was not saved
         consumer.close(autocommit=False)
         final, _ = state.load()
         state.close()

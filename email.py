@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                 consume.commit(consumer, records[:done])
     finally:
         # Anything not committed here is in the ledger or not done at all: a restart finishes it.
-        producer.close()
+        clients.close_producer(producer, timeout=2)  # unsent dead letters: their records were not committed
         consumer.close(autocommit=False)
         transport.close()
         ledger.close()
