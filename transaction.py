@@ -190,6 +190,10 @@ class TransactionSettings(ConsumerSettings):
     dedup_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 24.0
 
     @property
+    def dedup_window_ms(self) -> int:
+        return round(self.dedup_hours * 3_600_000)
+
+    @property
     def transactional_id(self) -> str:
         return f"{self.topic_prefix}{self.group_id}-{self.instance}"
 
@@ -210,7 +214,7 @@ class Pipeline:
         self.totals: Counter[str] = Counter()
         self.in_transaction = False
         self.producer = self._connect_producer()
-        self.decided = DecidedRides(window_ms=round(settings.dedup_hours * 3_600_000))
+        self.decided = DecidedRides(settings.dedup_window_ms)
         self.changelog = Changelog(settings, settings.topic(topics.decided_topic(settings.group_id)), self.decided,
                                    shutdown, f"transaction-{settings.instance}")
         self.consumer: KafkaConsumer = clients.connect(
@@ -414,14 +418,6 @@ class Pipeline:
                 self.decided.prune(int(time.time() * 1000))
 
 
-def ensure_decided_topic(settings: TransactionSettings, retention_ms: int) -> None:
-    admin = clients.admin(settings)
-    try:
-        topics.ensure_decided_topic(admin, settings, settings.group_id, retention_ms)
-    finally:
-        admin.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, group_id="transaction")
     p.add_argument("--guarantee", choices=[EXACTLY_ONCE, AT_LEAST_ONCE],
@@ -438,9 +434,9 @@ def main(argv: list[str] | None = None) -> int:
 
     shutdown = Shutdown.on_signals()
     clients.ensure_topics(settings, shutdown)
-    window_ms = round(settings.dedup_hours * 3_600_000)
     try:
-        clients.connect(settings, shutdown, lambda: ensure_decided_topic(settings, window_ms), "admin client")
+        clients.with_admin(settings, shutdown, lambda admin: topics.ensure_decided_topic(
+            admin, settings, settings.group_id, settings.dedup_window_ms), "the decided rides' changelog topic")
     except ValueError as e:
         raise cli.Fatal(str(e)) from None
     pipeline = Pipeline(settings, shutdown)
