@@ -63,10 +63,10 @@ class Totals:
     eta_milli: int = 0   # pickup ETAs in thousandths of a minute
     fare_cents: int = 0
 
-    def add(self, ride: schemas.RideConfirmed) -> None:
+    def add(self, eta_milli: int, fare_cents: int) -> None:
         self.rides += 1
-        self.eta_milli += round(ride.pickup_eta_minutes * 1000)
-        self.fare_cents += int(ride.fare * 100)  # the schema allows two decimal places: exact
+        self.eta_milli += eta_milli
+        self.fare_cents += fare_cents
 
     @property
     def mean_eta(self) -> float | None:
@@ -113,10 +113,12 @@ def minute_of(ride: schemas.RideConfirmed) -> str:
 
 
 def fold(stats: Stats, ride: schemas.RideConfirmed) -> Stats:
-    """Add one confirmed ride to the statistics (in place, for speed) and return them."""
-    stats.all.add(ride)
-    stats.zones.setdefault(ride.pickup.zone, Totals()).add(ride)
-    minute = minute_of(ride)
+    """Add one confirmed ride to the statistics (in place, for speed) and return them. Whatever can fail
+    is computed before anything changes: a ride is counted whole or not at all."""
+    # The schema allows two decimal places for fares: cents are exact.
+    eta_milli, fare_cents, minute = round(ride.pickup_eta_minutes * 1000), int(ride.fare * 100), minute_of(ride)
+    stats.all.add(eta_milli, fare_cents)
+    stats.zones.setdefault(ride.pickup.zone, Totals()).add(eta_milli, fare_cents)
     stats.minutes[minute] = stats.minutes.get(minute, 0) + 1
     stats.currencies[ride.currency] = stats.currencies.get(ride.currency, 0) + 1
     return stats
@@ -368,13 +370,13 @@ def main(argv: list[str] | None = None) -> int:
             if records:
                 sends = []
                 for record in unseen(records, saved):
+                    # Pure steps: whatever fails belongs to this record, which is set aside.
                     try:
                         ride = consume.decode(schemas.RideConfirmed, record)
+                        schemas.record_step("cannot be counted", fold, stats, ride)
                     except schemas.PoisonRecord as e:
                         sends.append(dead_letters.send(record, str(e)))
                         stats.dead_lettered += 1
-                        continue
-                    fold(stats, ride)
                 # Dead letters first: the offsets saved next move past them.
                 producer.flush()
                 stop_if_undelivered(sends, "analysis.py", what_is_kept="saving")

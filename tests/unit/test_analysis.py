@@ -361,3 +361,12 @@ def test_the_start_up_admin_calls_survive_a_broker_that_drops_the_connection(tmp
         analysis.main(["--state", str(tmp_path / "analysis.db"), "--topic-prefix", "p.", "--wait", "10"])
     assert len(calls) == 2
     assert analysis.load_state(tmp_path / "analysis.db") == (analysis.Stats(), {})
+
+
+def test_a_ride_that_cannot_be_counted_is_refused_whole_and_changes_nothing():
+    stats = analysis.fold(analysis.Stats(), ride())
+    before = stats.to_json()
+    broken = ride(zone="Elsewhere").model_copy(update={"confirmed_at": "not a time"})  # no validation: a bug's ride
+    with pytest.raises(schemas.PoisonRecord, match=r"^cannot be counted: AttributeError"):
+        schemas.record_step("cannot be counted", analysis.fold, stats, broken)
+    assert stats.to_json() == before  # not half counted: no total, no zone, no minute
