@@ -23,8 +23,14 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The crash test on its own: rides flow while scripts are SIGKILLed and the broker restarts.
+# `make chaos REPEAT=10` runs it ten times in a row (a new random schedule each time) and stops at the
+# first failure, saying how many consecutive runs passed.
+REPEAT ?= 1
 chaos: venv
-	$(PY) -m pytest -m chaos -s $(PYTEST_ARGS)
+	@for i in $$(seq $(REPEAT)); do \
+	  echo "=== make chaos: run $$i of $(REPEAT)"; \
+	  $(PY) -m pytest -m chaos -s $(PYTEST_ARGS) || { echo "make chaos: run $$i failed after $$((i - 1)) consecutive passes"; exit 1; }; \
+	done; echo "make chaos: $(REPEAT) consecutive passes"
 
 # Hostile records on their own: every one dead-lettered with its reason, nothing crashes.
 fuzz: venv
