@@ -1,7 +1,9 @@
 """Setting aside records that can never be processed, with headers that say why and where from.
 
 A dead letter keeps the original key and value byte for byte (and the original headers), so it can be
-replayed to its source topic once the cause is fixed (`python -m common.dlq`).
+replayed to its source topic once the cause is fixed (`python -m common.dlq`). Only a record too large to
+carry our headers too (near Kafka's 1 MB limit) is set aside truncated, marked `dlq.truncated`, and is
+never replayed: a letter that cannot be stored would stop the consumer at that record for good.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.producer.future import FutureRecordMetadata
+from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from common.cli import Fatal
 from common.topics import DLQ_SUFFIX, dead_letter_topic
@@ -26,7 +29,12 @@ SOURCE_OFFSET = "dlq.source.offset"
 SOURCE_TIMESTAMP = "dlq.source.timestamp"  # ms since the epoch, as produced
 GROUP = "dlq.group"                    # ... and which consumer group set it aside
 FAILED_AT = "dlq.failed.at"            # ms since the epoch
-OUR_HEADERS = (REASON, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, SOURCE_TIMESTAMP, GROUP, FAILED_AT)
+TRUNCATED = "dlq.truncated"            # only on a letter cut to fit: the original value's size in bytes
+OUR_HEADERS = (REASON, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, SOURCE_TIMESTAMP, GROUP, FAILED_AT, TRUNCATED)
+
+# Room kept under the producer's max_request_size for what the size estimate leaves out (the length
+# fields of a key and value grow with them: a few bytes).
+SIZE_MARGIN = 1024
 
 
 def where(record: ConsumerRecord) -> str:
@@ -47,6 +55,28 @@ def headers_for(record: ConsumerRecord, reason: str, group_id: str) -> list[tupl
     ]
 
 
+def letter_for(record: ConsumerRecord, reason: str, group_id: str,
+               max_bytes: int) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """The dead letter's key, value and headers: the record's own plus ours, or, when that would not fit in
+    max_bytes (any producer can write a record that leaves no room for our headers), a truncated copy that
+    says so: the original headers dropped, the key and value cut to fit, TRUNCATED and the reason added."""
+    headers = headers_for(record, reason, group_id)
+    if _size(record.key, record.value, headers) <= max_bytes:
+        return record.key, record.value, headers
+    size = len(record.value or b"")
+    why = f"{reason}; set aside truncated: the record ({size} bytes of value) is too large to keep whole here"
+    ours = headers_for(record._replace(headers=[]), why, group_id) + [(TRUNCATED, str(size).encode())]
+    room = max(0, max_bytes - _size(b"", b"", ours))  # for the key and value together
+    key = None if record.key is None else record.key[:room]
+    value = None if record.value is None else record.value[: room - len(key or b"")]
+    return key, value, ours
+
+
+def _size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    """kafka-python's upper bound of a record's size, as its producer checks it against max_request_size."""
+    return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+
+
 class DeadLetters:
     """Sends poison records to `<source topic>.dlq` through the given producer.
 
@@ -57,15 +87,19 @@ class DeadLetters:
     def __init__(self, producer: KafkaProducer, group_id: str) -> None:
         self._producer = producer
         self._group_id = group_id
+        # A letter must fit what this producer accepts (kafka-python's default when it does not say).
+        config = getattr(producer, "config", KafkaProducer.DEFAULT_CONFIG)
+        self._max_bytes = config["max_request_size"] - SIZE_MARGIN
         self.count = 0
 
     def send(self, record: ConsumerRecord, reason: str) -> FutureRecordMetadata:
         """Send one dead letter; the returned future says whether the broker took it (callers that
         commit after a flush check it, so that a dead letter that failed is not committed past)."""
         topic = dead_letter_topic(record.topic)
-        log.warning("%s: %s -> set aside in %s", where(record), reason, topic)
-        future = self._producer.send(topic, key=record.key, value=record.value,
-                                     headers=headers_for(record, reason, self._group_id))
+        key, value, headers = letter_for(record, reason, self._group_id, self._max_bytes)
+        truncated = " (truncated: too large to keep whole)" if TRUNCATED in dict(headers) else ""
+        log.warning("%s: %s -> set aside in %s%s", where(record), reason, topic, truncated)
+        future = self._producer.send(topic, key=key, value=value, headers=headers)
         self.count += 1
         return future
 
@@ -80,8 +114,9 @@ def stop_if_undelivered(sends: list, script: str, what_is_kept: str = "committin
                     f"{what_is_kept}: their records are read again when {script} runs again")
 
 
-# Bounds of the numeric headers: a partition is an int32, an offset an int64, a time at most 9999-12-31.
-_MAX = {SOURCE_PARTITION: 2**31 - 1, SOURCE_OFFSET: 2**63 - 1, FAILED_AT: 253_402_300_799_999}
+# Bounds of the numeric headers: a partition is an int32, an offset an int64, a time at most 9999-12-31,
+# a record's size an int32.
+_MAX = {SOURCE_PARTITION: 2**31 - 1, SOURCE_OFFSET: 2**63 - 1, FAILED_AT: 253_402_300_799_999, TRUNCATED: 2**31 - 1}
 _REQUIRED = (REASON, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, GROUP, FAILED_AT)
 
 
@@ -125,6 +160,9 @@ class DeadLetter:
         derived = record.topic.removesuffix(DLQ_SUFFIX)
         if SOURCE_TOPIC in text and text[SOURCE_TOPIC] != derived:
             problems.append(f"{SOURCE_TOPIC} is {text[SOURCE_TOPIC][:100]}, not {derived}")
+        if number[TRUNCATED] is not None:
+            problems.append(f"truncated when set aside (the original value was {number[TRUNCATED]} bytes): "
+                            f"not the original record")
         return cls(
             record=record,
             reason=text.get(REASON, ""),
@@ -150,7 +188,7 @@ def _text(name: str, raw: bytes, problems: list[str]) -> str:
 
 def _number(name: str, text: str | None, problems: list[str]) -> int | None:
     """A header holding a whole number from 0 (1 for a time) to its bound; None, and a problem, otherwise."""
-    if text is None:  # missing: already a problem
+    if text is None:  # missing: a problem already if it is required
         return None
     lowest = 1 if name == FAILED_AT else 0
     if text.isascii() and text.isdigit() and lowest <= int(text) <= _MAX[name]:  # isdigit alone takes "٣"

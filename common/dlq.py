@@ -17,8 +17,8 @@ Replaying sends each chosen dead letter's original key, value and headers to the
 topic was derived from (ride_details.dlq -> ride_details, same prefix; only the pipeline's own), once per
 source record even when several consumer groups set it aside (email.py and analysis.py both read
 ride_confirmed): run it after the cause is fixed, and only once, since every replay sends the records
-again to every group. A letter whose dlq.* headers are missing, malformed or point elsewhere is listed
-with what is wrong and never replayed.
+again to every group. A letter whose dlq.* headers are missing, malformed or point elsewhere, or that was
+truncated to fit Kafka's size limit (dlq.truncated), is listed with what is wrong and never replayed.
 """
 
 from __future__ import annotations
@@ -496,8 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = dead_letter_command("replay", "send the chosen dead letters' original key, value and headers to the "
                                        "topic their dead-letter topic was derived from (ride_details.dlq -> "
                                        "ride_details, same prefix), once per source record (when several groups "
-                                       "set the same record aside); letters whose dlq.* headers are wrong are "
-                                       "skipped; every group reading that topic receives them again")
+                                       "set the same record aside); letters whose dlq.* headers are wrong, or "
+                                       "that were truncated, are skipped; every group reading that topic receives "
+                                       "them again")
     which = rp.add_mutually_exclusive_group(required=True)
     which.add_argument("--offsets", type=offsets_arg, metavar="3,5-9,20-", help="the dead letters to replay")
     which.add_argument("--all", action="store_true", help="replay every dead letter of the topic")

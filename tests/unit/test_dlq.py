@@ -250,7 +250,7 @@ def test_nothing_from_a_header_reaches_the_terminal_raw():
 
 
 OUR = [dead_letters.REASON, dead_letters.SOURCE_TOPIC, dead_letters.SOURCE_PARTITION, dead_letters.SOURCE_OFFSET,
-       dead_letters.SOURCE_TIMESTAMP, dead_letters.GROUP, dead_letters.FAILED_AT]
+       dead_letters.SOURCE_TIMESTAMP, dead_letters.GROUP, dead_letters.FAILED_AT, dead_letters.TRUNCATED]
 
 
 @given(st.lists(st.tuples(st.sampled_from([*OUR, "trace", "\x1b"]), st.binary(max_size=30)), max_size=10),
@@ -287,6 +287,23 @@ def test_replay_plan_skips_unusable_letters_and_repeats():
     broken = DeadLetter.parse(with_headers(good_headers(source_offset=b"abc"), offset=4))
     send, unusable, repeats = replay_plan([good, again, elsewhere, broken])
     assert send == [good] and unusable == [elsewhere, broken] and repeats == [(again, good)]
+
+
+def truncated_letter(offset: int = 5) -> DeadLetter:
+    """The letter common.dead_letters writes for a record too large to set aside whole."""
+    source = ConsumerRecord("p.ride_details", 4, -1, 1045, 0, 0, b"k", b"x" * 1_048_400, [], None, 0, 0, 0)
+    key, value, headers = dead_letters.letter_for(source, "not JSON", "transaction", 1_047_552)
+    return DeadLetter.parse(with_headers(headers, offset=offset)._replace(key=key, value=value))
+
+
+def test_a_truncated_letter_is_listed_as_truncated_and_never_replayed():
+    letter = truncated_letter()
+    line = format_line(letter)
+    assert "unusable (never replayed): truncated when set aside (the original value was 1048400 bytes)" in line
+    assert json.loads(format_json(letter))["problems"] == list(letter.problems)
+    good = DeadLetter.parse(with_headers(good_headers(), offset=1))
+    send, unusable, _ = replay_plan([good, letter])
+    assert send == [good] and unusable == [letter]
 
 
 # -------------------------------------------------------------------------------------- any topic
