@@ -19,6 +19,7 @@ import common.stdlib_email  # noqa: F401  (first: the project's email.py shadows
 import hashlib
 import logging
 import math
+import re
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -37,12 +38,12 @@ from kafka.errors import (
     TransactionCoordinatorFencedError,
     UnsupportedVersionError,
 )
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from common import city, cli, clients, consume, reachability, schemas, topics
 from common.changelog import Changelog, Stopped
 from common.dead_letters import DeadLetters, where
-from common.decided import DecidedRides
+from common.decided import DecidedRides, home_partition
 from common.schemas import Place, PoisonRecord, RideConfirmed, RideRejected, RideRequest, record_step
 from common.settings import ConsumerSettings
 from common.shutdown import Shutdown
@@ -189,6 +190,15 @@ class TransactionSettings(ConsumerSettings):
     # How long a decided ride_id is remembered: a request repeated later than this is decided again.
     dedup_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 24.0
 
+    @model_validator(mode="after")
+    def _changelog_name_is_a_topic_name(self) -> TransactionSettings:
+        # The group names transaction.py's changelog topic (common.topics.decided_topic).
+        name = self.topic(topics.decided_topic(self.group_id))
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name):
+            raise ValueError(f"with this --group-id and --topic-prefix the changelog topic would be {name[:80]!r}: "
+                             f"a topic name has at most 249 of A-Z a-z 0-9 . _ -")
+        return self
+
     @property
     def dedup_window_ms(self) -> int:
         return round(self.dedup_hours * 3_600_000)
@@ -215,12 +225,13 @@ class Pipeline:
         self.in_transaction = False
         self.producer = self._connect_producer()
         self.decided = DecidedRides(settings.dedup_window_ms)
-        self.changelog = Changelog(settings, settings.topic(topics.decided_topic(settings.group_id)), self.decided,
-                                   shutdown, f"transaction-{settings.instance}")
+        self.source = settings.topic(topics.RIDE_DETAILS)
+        self.changelog = Changelog(settings, self.source, settings.topic(topics.decided_topic(settings.group_id)),
+                                   self.decided, shutdown, f"transaction-{settings.instance}")
         self.consumer: KafkaConsumer = clients.connect(
             settings, shutdown,
-            lambda: clients.consumer(settings, [settings.topic(topics.RIDE_DETAILS)],
-                                     f"transaction-{settings.instance}", listener=self.changelog),
+            lambda: clients.consumer(settings, [self.source], f"transaction-{settings.instance}",
+                                     listener=self.changelog),
             "consumer")
 
     # ------------------------------------------------------------------------------- clients
@@ -281,10 +292,16 @@ class Pipeline:
         """Send the outcome of every record; returns the counts and the sends' futures."""
         counts: Counter[str] = Counter()
         futures = []
+        partitions = len(self.consumer.partitions_for_topic(self.source) or ())
         for record in records:
             # Every step here is pure: whatever fails belongs to this record, which is set aside.
             try:
                 request = consume.decode(RideRequest, record)
+                home = home_partition(record.key, partitions)
+                if record.partition != home:
+                    raise PoisonRecord(f"in partition {record.partition}, but its key belongs in partition {home} "
+                                       f"(Kafka's default partitioner, murmur2): a ride's requests must share a "
+                                       f"partition to be decided once")
                 request_fp = record_step("cannot be fingerprinted", fingerprint, request)
                 decided = self.decided.lookup(record.partition, request.ride_id)
                 if decided is not None:
@@ -362,10 +379,12 @@ class Pipeline:
             time.monotonic() - started >= self.producer.config["transaction_timeout_ms"] / 1000
         if is_fatal(error) and not timed_out:
             raise cli.Fatal(self._fatal_message(error)) from None
-        log.warning("batch of %d records%s failed (%s: %s): aborting it and reading it again", len(records),
-                    f" from {where(records[0])}" if records else "", type(error).__name__, error)
+        what = f"batch of {len(records)} records from {where(records[0])}" if records else "restoring decided rides"
+        log.warning("%s failed (%s: %s): aborting it and reading it again", what, type(error).__name__, error)
         self.totals["aborted"] += 1
-        self.decided.discard()  # the batch is read again: its rides are not decided
+        self.decided.discard()  # the batch is read again: its rides are not decided ...
+        # ... unless its commit went through after all (an error can hide that): the changelog knows.
+        self.changelog.reload({tp.partition for tp in self.consumer.assignment()})
         if self.exactly_once and self.in_transaction:
             self.in_transaction = False
             if is_fatal(error):
@@ -399,7 +418,7 @@ class Pipeline:
             if records or self.changelog.to_restore:
                 started = time.monotonic()
                 try:
-                    self.changelog.restore()  # newly assigned partitions: their decided rides first
+                    self.changelog.restore(self.consumer)  # newly assigned partitions: their decided rides first
                     if records:
                         self.run_batch(records)
                     failures = 0

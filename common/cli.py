@@ -63,8 +63,9 @@ def load(settings_cls: type[S], p: argparse.ArgumentParser, argv: Sequence[str] 
     try:
         settings = settings_cls(**given)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors(include_url=False)
+        problems = "; ".join(  # "--flag: what is wrong", or just what is wrong when it is about several
+            ("--" + "-".join(str(x) for x in err["loc"]).replace("_", "-") + ": " if err["loc"] else "")
+            + err["msg"].removeprefix("Value error, ") for err in e.errors(include_url=False)
         )
         p.error(problems)  # prints usage and one line, exits 2
     logging.getLogger().setLevel(settings.log_level)

@@ -23,11 +23,22 @@ from collections import deque
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from kafka.partitioner.default import murmur2
+
 CHANGELOG_VERSION = 1
 
 
 class BadChangelogRecord(ValueError):
-    """A changelog record this version cannot read: the state would be wrong, so transaction.py stops."""
+    """A changelog record this version cannot read: it is skipped, with a warning."""
+
+
+def home_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2: the Java client's, kafka-python's) puts a key in.
+
+    The memory of decided rides is kept per partition, so it holds only if every request for a ride
+    reaches the same partition: a record elsewhere is refused rather than decided a second time there.
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def encode_entries(entries: dict[UUID, str]) -> bytes:

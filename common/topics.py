@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import TopicAlreadyExistsError, for_code
 
 from common.settings import Settings
@@ -63,16 +64,19 @@ def ensure_decided_topic(admin: KafkaAdminClient, settings: Settings, group_id: 
     counts = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(existing)}
     if source not in counts:
         raise ValueError(f"{source} does not exist")
+    configs = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(retention_ms),
+        # Delete in steps of an hour at most, rather than in whole default segments of a week.
+        "segment.ms": str(min(retention_ms, 3_600_000)),
+    }
     if topic not in counts:
-        _create(admin, {topic: {"num_partitions": counts[source], "replication_factor": -1, "configs": {
-            "cleanup.policy": "delete",
-            "retention.ms": str(retention_ms),
-            # Delete in steps of an hour at most, rather than in whole default segments of a week.
-            "segment.ms": str(min(retention_ms, 3_600_000)),
-        }}})
+        _create(admin, {topic: {"num_partitions": counts[source], "replication_factor": -1, "configs": configs}})
     elif counts[topic] != counts[source]:
         raise ValueError(f"{topic} has {counts[topic]} partitions and {source} {counts[source]}: they must match "
                          f"(partition p remembers the rides of partition p); delete {topic} to start it afresh")
+    else:  # the window may have changed since the topic was created (--dedup-hours): keep the disk in step
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
     return topic
 
 

@@ -7,6 +7,8 @@ content is set aside; what was decided survives restarts and rebalances (the cha
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections import Counter
 
 import pytest
@@ -130,3 +132,28 @@ def test_a_ride_whose_decision_was_aborted_is_decided_when_read_again(kafka_boot
         tx.stop()
     assert_exactly_once(confirmed, rejected, want_confirmed, want_rejected)
     assert parse_summary(tx.log())["duplicates"] == 0
+
+
+def test_the_next_owner_remembers_the_last_batch_of_an_owner_that_stalled(kafka_bootstrap, prefix, tmp_path):
+    # Instance a freezes just before committing a batch (a GC pause, a stalled VM): past the session timeout
+    # its partitions go to b, and a's transaction is still pending when b takes them. b must not read the
+    # changelog before that transaction is settled, or it forgets a's batch and decides its rides again
+    # when they are requested again.
+    args = dict(bootstrap=kafka_bootstrap, prefix=prefix, group_id=f"{prefix}transaction", log_dir=tmp_path)
+    with Script("tests/integration/stalled_transaction.py", "--instance", "a", **args) as a, \
+            transaction_py(kafka_bootstrap, prefix, tmp_path, "--instance", "b") as b:
+        wait_until(lambda: "partitions assigned: " + prefix in a.log() and "partitions assigned: " + prefix in b.log(),
+                   timeout=90, what="a and b sharing the partitions")
+        run_rides(kafka_bootstrap, prefix, tmp_path, "--count", "60", "--seed", "11")
+        a.wait_for_log("stalled before commit_transaction", timeout=60)
+        b.wait_for_log(r"partitions assigned: \S+\[0,1,2,3,4,5\]", timeout=60)  # a's session timed out
+        time.sleep(3)  # b tries to restore a's partitions meanwhile
+        a.process.send_signal(signal.SIGCONT)
+        a.wait_for_log("committed after the stall", timeout=30)
+        run_rides(kafka_bootstrap, prefix, tmp_path, "--count", "60", "--seed", "11")  # every ride requested again
+        wait_until(lambda: b.log().count("duplicate request dropped") >= 60, timeout=90, what="60 repeats dropped")
+        b.stop()
+    assert not decided_twice(kafka_bootstrap, prefix)
+    outcomes = keys(read_all(kafka_bootstrap, prefix + "ride_confirmed", quiet=1))
+    outcomes += keys(read_all(kafka_bootstrap, prefix + "ride_rejected", quiet=1))
+    assert len(outcomes) == 60
