@@ -12,6 +12,8 @@ import time
 from collections import Counter
 
 import pytest
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from common import dead_letters, schemas
 from common.schemas import RideRequest
@@ -22,6 +24,7 @@ from tests.integration.pipeline import (
     parse_summary,
     produce_raw,
     read_all,
+    read_until,
     unique_prefix,
     wait_until,
 )
@@ -157,3 +160,50 @@ def test_the_next_owner_remembers_the_last_batch_of_an_owner_that_stalled(kafka_
     outcomes = keys(read_all(kafka_bootstrap, prefix + "ride_confirmed", quiet=1))
     outcomes += keys(read_all(kafka_bootstrap, prefix + "ride_rejected", quiet=1))
     assert len(outcomes) == 60
+
+
+def test_a_request_outside_its_keys_partition_is_set_aside(kafka_bootstrap, prefix, tmp_path):
+    # The memory of decided rides is per partition: a producer that puts a ride's request elsewhere (an
+    # explicit partition, another partitioner) would get it decided twice. It is refused instead.
+    run_rides(kafka_bootstrap, prefix, tmp_path, "--count", "5", "--seed", "12")
+    [first, *_] = read_all(kafka_bootstrap, prefix + "ride_details")
+    elsewhere = (first.partition + 1) % 6
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, client_id="tests-elsewhere")
+    producer.send(prefix + "ride_details", key=first.key, value=first.value, partition=elsewhere).get(30)
+    producer.close()
+    with transaction_py(kafka_bootstrap, prefix, tmp_path) as tx:
+        [letter] = read_until(kafka_bootstrap, prefix + "ride_details.dlq", lambda rs: len(rs) >= 1, quiet=1)
+        wait_until(lambda: len(read_all(kafka_bootstrap, prefix + "ride_confirmed", quiet=0.5))
+                   + len(read_all(kafka_bootstrap, prefix + "ride_rejected", quiet=0.5)) >= 5, timeout=60)
+        tx.stop()
+    assert not decided_twice(kafka_bootstrap, prefix)
+    assert letter.key == first.key and f"in partition {elsewhere}, but its key belongs in partition " \
+        f"{first.partition}" in header(letter, dead_letters.REASON)
+
+
+def test_a_hostile_changelog_record_is_skipped_not_fatal(kafka_bootstrap, prefix, tmp_path):
+    run_rides(kafka_bootstrap, prefix, tmp_path, "--count", "5", "--seed", "13")
+    with transaction_py(kafka_bootstrap, prefix, tmp_path) as tx:  # creates the changelog topic
+        tx.wait_for_log(r"restored \d+ decided rides", timeout=60)
+        tx.stop()
+    changelog = f"{prefix}{prefix}transaction-decided-changelog"
+    produce_raw(kafka_bootstrap, changelog, [(None, b"not json"), (b"x", b'{"v": 1, "rides": 7}')])
+    assert run_rides(kafka_bootstrap, prefix, tmp_path, "--count", "5", "--seed", "13")["acknowledged"] == 5
+    with transaction_py(kafka_bootstrap, prefix, tmp_path) as tx:
+        wait_until(lambda: tx.log().count("duplicate request dropped") >= 5, timeout=60, what="repeats dropped")
+        tx.stop()
+    assert tx.log().count("; skipped") == 2 and not decided_twice(kafka_bootstrap, prefix)
+
+
+def test_a_longer_dedup_window_is_kept_on_disk_too(kafka_bootstrap, prefix, tmp_path):
+    changelog = f"{prefix}{prefix}transaction-decided-changelog"
+    for hours, ms in (("1", "3600000"), ("48", "172800000")):
+        with transaction_py(kafka_bootstrap, prefix, tmp_path, "--dedup-hours", hours) as tx:
+            tx.wait_for_log(r"partitions assigned: \S+\[", timeout=60)
+            tx.stop()
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="tests-configs")
+        try:
+            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, changelog)])
+        finally:
+            admin.close()
+        assert configs["topic"][changelog]["retention.ms"]["value"] == ms, f"after --dedup-hours {hours}"

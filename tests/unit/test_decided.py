@@ -5,9 +5,11 @@ from datetime import timedelta
 
 import pytest
 from hypothesis import given
+from kafka.consumer.fetcher import ConsumerRecord
 
 import transaction
-from common.decided import BadChangelogRecord, DecidedRides, decode_entries, encode_entries
+from common.changelog import Changelog
+from common.decided import BadChangelogRecord, DecidedRides, decode_entries, encode_entries, home_partition
 from common.schemas import Place
 from tests.unit.strategies import ride_requests
 from tests.unit.test_transaction import NOW, request
@@ -95,3 +97,50 @@ def test_anything_else_changed_is_another_request_and_is_refused_with_its_reason
 @given(ride_requests)
 def test_every_valid_request_has_a_fingerprint(req):
     assert len(transaction.fingerprint(req)) == 16
+
+
+# ------------------------------------------------------------------------- partitions and changelog
+
+
+class _Cluster:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def topics(self):
+        return {"t"}
+
+    def partitions_for_topic(self, topic):
+        return set(range(self.n))
+
+    available_partitions_for_topic = partitions_for_topic
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 6, 7])
+def test_home_partition_is_where_kafkas_default_partitioner_puts_the_key(partitions):
+    from kafka.partitioner.default import DefaultPartitioner
+
+    for key in (str(uuid.UUID(int=n, version=4)).encode() for n in range(200)):
+        assert home_partition(key, partitions) == \
+            DefaultPartitioner().partition("t", None, key, None, None, _Cluster(partitions))
+
+
+def test_restore_skips_unusable_records_and_rides_of_other_partitions():
+    store = DecidedRides(window_ms=HOUR)
+    changelog = Changelog(None, "src", "log", store, None, "test")  # type: ignore[arg-type]
+    ours = next(u for u in (uuid.uuid4() for _ in range(100)) if home_partition(str(u).encode(), 6) == 2)
+    theirs = next(u for u in (uuid.uuid4() for _ in range(100)) if home_partition(str(u).encode(), 6) != 2)
+
+    def record(value: bytes):
+        return ConsumerRecord("log", 2, -1, 7, 1000, 0, None, value, [], None, -1, len(value), -1)
+
+    assert changelog._apply(record(b"not json"), 6) == 0
+    assert changelog._apply(record(encode_entries({ours: "f1", theirs: "f2"})), 6) == 1
+    assert store.lookup(2, ours) == "f1" and store.lookup(2, theirs) is None
+    assert changelog.skipped == 2
+
+
+def test_a_group_id_that_cannot_name_the_changelog_topic_is_refused():
+    transaction.TransactionSettings(group_id="transaction")  # the default names a valid topic
+    for group, prefix in (("tx group", ""), ("g" * 150, "p" * 95), ("tx/1", "")):
+        with pytest.raises(ValueError, match="changelog topic"):
+            transaction.TransactionSettings(group_id=group, topic_prefix=prefix)
