@@ -119,16 +119,15 @@ def test_what_was_decided_survives_a_restart_and_a_rebalance(kafka_bootstrap, pr
 
 
 def test_a_ride_whose_decision_was_aborted_is_decided_when_read_again(kafka_bootstrap, prefix, tmp_path):
-    # transaction.py killed with a transaction open: the changelog entries in it were never committed, so
-    # the rides of that batch must not look decided to the next run (or they would be dropped: lost).
-    with Script("rides.py", "--count", "600", "--rate", "200", "--seed", "10", bootstrap=kafka_bootstrap,
-                prefix=prefix, log_dir=tmp_path) as rides:
-        with transaction_py(kafka_bootstrap, prefix, tmp_path) as victim:
-            wait_until(lambda: "progress:" in victim.log() or len(read_all(
-                kafka_bootstrap, prefix + "ride_confirmed", quiet=0.2, isolation_level="read_uncommitted")) >= 150,
-                timeout=60, what="150 rides decided")
-            victim.kill()
-        rides.wait(timeout=60)
+    # transaction.py killed with its first transaction open: the decided rides in it were written to the
+    # changelog but never committed, so the next run must not take them for decided (they would be lost).
+    run_rides(kafka_bootstrap, prefix, tmp_path, "--count", "100", "--seed", "10")
+    with Script("tests/integration/stalled_transaction.py", "kill", bootstrap=kafka_bootstrap, prefix=prefix,
+                group_id=f"{prefix}transaction", log_dir=tmp_path) as victim:
+        assert victim.wait(timeout=60, expect=None) == -signal.SIGKILL
+    changelog = f"{prefix}{prefix}transaction-decided-changelog"
+    written = read_all(kafka_bootstrap, changelog, quiet=1, isolation_level="read_uncommitted")
+    assert written and not read_all(kafka_bootstrap, changelog, quiet=1)  # written, none committed
     want_confirmed, want_rejected, _ = expected_outcomes(kafka_bootstrap, prefix)
     with transaction_py(kafka_bootstrap, prefix, tmp_path) as tx:
         confirmed, rejected = wait_for_outcomes(kafka_bootstrap, prefix, len(want_confirmed), len(want_rejected))
@@ -143,7 +142,7 @@ def test_the_next_owner_remembers_the_last_batch_of_an_owner_that_stalled(kafka_
     # changelog before that transaction is settled, or it forgets a's batch and decides its rides again
     # when they are requested again.
     args = dict(bootstrap=kafka_bootstrap, prefix=prefix, group_id=f"{prefix}transaction", log_dir=tmp_path)
-    with Script("tests/integration/stalled_transaction.py", "--instance", "a", **args) as a, \
+    with Script("tests/integration/stalled_transaction.py", "stop", "--instance", "a", **args) as a, \
             transaction_py(kafka_bootstrap, prefix, tmp_path, "--instance", "b") as b:
         wait_until(lambda: "partitions assigned: " + prefix in a.log() and "partitions assigned: " + prefix in b.log(),
                    timeout=90, what="a and b sharing the partitions")
