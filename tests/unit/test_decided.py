@@ -73,9 +73,11 @@ def test_one_batch_of_500_rides_fits_easily_in_one_record():
 # ------------------------------------------------------------------------------ the same request?
 
 
-def test_a_retry_stamped_later_is_the_same_request():
+def test_a_retry_stamped_later_or_naming_zones_otherwise_is_the_same_request():
     first = request()
-    retry = first.model_copy(update={"requested_at": NOW + timedelta(minutes=3)})
+    retry = first.model_copy(update={
+        "requested_at": NOW + timedelta(minutes=3),
+        "pickup": first.pickup.model_copy(update={"zone": "somewhere the client calls it"})})
     assert transaction.fingerprint(retry) == transaction.fingerprint(first)
     assert transaction.repeat_reason(retry, transaction.fingerprint(first), transaction.fingerprint(retry)) is None
 
