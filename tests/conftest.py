@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from common.broker import KAFKA_VERSION, BrokerError, LocalBroker, free_port, wait_until_ready
+from common.broker import KAFKA_VERSION, BrokerError, LocalBroker, check_java, free_port, resolve_libs, wait_until_ready
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 KAFKA_IMAGE = f"apache/kafka:{KAFKA_VERSION}"
@@ -239,3 +239,19 @@ def _wait_for_topic(admin, topic: str, partitions: int, timeout: float = 30.0) -
                 return
         time.sleep(0.1)
     raise TimeoutError(f"topic {topic} has no leader for all {partitions} partitions after {timeout:.0f} s")
+
+
+@pytest.fixture
+def own_broker(tmp_path):
+    """A broker of this test's own (the session's is shared), not started: the test starts and stops it as
+    it needs (an outage, a broker that appears late). Stopped at the end in any case."""
+    try:
+        check_java()
+        resolve_libs()
+    except BrokerError as e:
+        pytest.skip(f"local launcher unavailable: {e}")
+    broker = LocalBroker(data_dir=tmp_path / "kafka")
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from common.broker import BrokerError, LocalBroker, check_java, free_port, resolve_libs
+from common.broker import free_port
 from tests.integration.pipeline import Script, keys, parse_summary, read_all, unique_prefix, wait_until
 
 RIDES = 50
@@ -23,18 +23,9 @@ OUTAGE = 10.0  # seconds of the outage whose CPU is measured
 
 
 @pytest.fixture
-def late_broker(tmp_path):
+def late_broker(own_broker):
     """A broker of this test's own, on a port chosen now and started only when the test says so."""
-    try:
-        check_java()
-        resolve_libs()
-    except BrokerError as e:
-        pytest.skip(f"local launcher unavailable: {e}")
-    broker = LocalBroker(data_dir=tmp_path / "kafka")
-    try:
-        yield broker, free_port()
-    finally:
-        broker.stop()
+    return own_broker, free_port()
 
 
 def test_scripts_started_before_the_broker_wait_for_it_then_work(late_broker, tmp_path):

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from common.broker import BrokerError, LocalBroker, check_java, free_port, resolve_libs
+from common.broker import free_port
 from tests.integration.pipeline import Script, keys, parse_summary, read_all, unique_prefix, wait_until
 
 RIDES = 20
@@ -25,21 +25,6 @@ _rng = random.Random(SEED)
 # Start-up (imports, clients, topics) takes about 1 to 3 s here: stops spread over that window.
 MOMENTS = [(round(at + _rng.uniform(-0.3, 0.3), 1), round(_rng.uniform(0, 2), 1)) for at in (0.8, 1.5, 2.2)] + \
           [(None, round(_rng.uniform(1, 4), 1))]
-
-
-@pytest.fixture
-def own_broker(tmp_path):
-    """A broker of this test's own (the session's is shared): stopped and started as the test says."""
-    try:
-        check_java()
-        resolve_libs()
-    except BrokerError as e:
-        pytest.skip(f"local launcher unavailable: {e}")
-    broker = LocalBroker(data_dir=tmp_path / "kafka")
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.mark.parametrize("stop_after, down_for", MOMENTS, ids=[f"stop{a}-down{d}" for a, d in MOMENTS])
