@@ -58,6 +58,8 @@ class Pipeline:
         self.outputs = [TopicPartition(prefix + topic, p) for topic, n in
                         ((topics.RIDE_CONFIRMED, PARTITIONS[topics.RIDE_CONFIRMED]),
                          (topics.RIDE_REJECTED, PARTITIONS[topics.RIDE_REJECTED])) for p in range(n)]
+        changelog = prefix + topics.decided_topic(f"{prefix}transaction")
+        self.changelog = [TopicPartition(changelog, p) for p in range(PARTITIONS[topics.RIDE_DETAILS])]
         for name in self.args:
             self.start(name)
 
@@ -74,19 +76,38 @@ class Pipeline:
         self.start(name)
 
     def crash_loop(self, name: str, kills: int, rng: random.Random) -> None:
-        """Kill now, then kill each restart again as soon as it publishes part of its catch-up: a batch
-        half published (at-least-once) or a transaction left open (exactly-once)."""
+        """Kill now, then kill each restart again in the middle of a batch of its catch-up: its outputs
+        written, the rides it decided not yet (at-least-once: published, not remembered; exactly-once: a
+        transaction left open). A batch that completes before the watcher sees it is let go: the next one
+        is waited for."""
         for i in range(kills):
             if i:
-                before = self.published()
                 self.scripts[name].wait_for_log(r"partitions assigned: \S+\[\d", timeout=90)
-                wait_until(lambda before=before: self.published() > before, timeout=60, interval=0.01,
-                           what=f"restarted {name} publishing")
+                wait_until(self.mid_batch(), timeout=60, interval=0.005, what=f"restarted {name} mid-batch")
             self.crash_and_restart(name, rng)
+
+    def mid_batch(self):
+        """A condition: true once outputs were written since the last look and decided rides were not."""
+        last = (self.published(), self.remembered())
+
+        def caught() -> bool:
+            nonlocal last
+            now = (self.published(), self.remembered())
+            if now[0] > last[0] and now[1] == last[1]:
+                return True
+            if now[1] > last[1]:
+                last = now  # that batch is complete
+            return False
+
+        return caught
 
     def published(self) -> int:
         """Records written to transaction.py's output topics so far, committed or not."""
         return sum(self.watcher.end_offsets(self.outputs).values())
+
+    def remembered(self) -> int:
+        """Records written to transaction.py's changelog of decided rides so far, committed or not."""
+        return sum(self.watcher.end_offsets(self.changelog).values())
 
     def alive(self) -> bool:
         """True; fails the test at once, with the log, if a script died on its own."""
