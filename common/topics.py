@@ -9,7 +9,7 @@ import logging
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import TopicAlreadyExistsError, for_code
+from kafka.errors import InvalidReplicationFactorError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 
 from common.settings import Settings
 
@@ -85,7 +85,13 @@ def _create(admin: KafkaAdminClient, specs: dict[str, dict]) -> None:
     for result in response["topics"]:
         error = for_code(result["error_code"])
         # Another script may have created it a moment ago: that is success too.
-        if error.errno != 0 and error is not TopicAlreadyExistsError:
-            raise error(f"cannot create topic {result['name']}: {result.get('error_message')}")
+        if error.errno == 0 or error is TopicAlreadyExistsError:
+            continue
+        message = f"cannot create topic {result['name']}: {result.get('error_message')}"
+        if error is InvalidReplicationFactorError:
+            # A broker that is (re)starting answers "only 0 broker(s) are registered" for a moment; the
+            # replication factor asked for is the cluster's default, so that is a pause: retried (connect).
+            raise KafkaTimeoutError(message)
+        raise error(message)
     admin.wait_for_topics(list(specs))
     log.info("created topics %s", ", ".join(sorted(specs)))
