@@ -16,7 +16,7 @@ from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import TopicPartition
 
 from common import consume
-from common.clients import ATTEMPT_TIMEOUT_MS, RECONNECT_BACKOFF_MAX_MS
+from common.clients import ATTEMPT_TIMEOUT_MS, reader
 from common.dead_letters import where
 from common.decided import BadChangelogRecord, DecidedRides, decode_entries, encode_entries, home_partition
 from common.settings import Settings
@@ -33,22 +33,6 @@ SETTLE_S = 30.0
 
 class Stopped(Exception):
     """Asked to stop while restoring: nothing was processed yet."""
-
-
-def reader(settings: Settings, client_id: str, isolation_level: str = "read_committed") -> KafkaConsumer:
-    return KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=client_id,
-        bootstrap_timeout_ms=ATTEMPT_TIMEOUT_MS,
-        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-        # No group: it reads whole partitions when asked (assign + seek) and never commits.
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        # read_committed: only batches whose transaction committed (an aborted batch's rides were never
-        # decided). read_uncommitted only to learn where the log ends, open transactions included.
-        isolation_level=isolation_level,
-    )
 
 
 class Changelog(consume.LogAssignment):

@@ -145,6 +145,25 @@ def consumer(
     return c
 
 
+def reader(settings: Settings, client_id: str, isolation_level: str = "read_committed") -> KafkaConsumer:
+    """A consumer without a group, for reading whole partitions on demand (assign + seek): transaction.py's
+    changelog restore and the dead-letter tool. It never commits and rebalances nobody."""
+    return KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=client_id,
+        bootstrap_timeout_ms=ATTEMPT_TIMEOUT_MS,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # read_committed: only what downstream readers see (an aborted transaction's records never
+        # happened). read_uncommitted only to learn where a log ends, open transactions included.
+        isolation_level=isolation_level,
+        # A mistyped topic name must say "does not exist", not create an empty topic.
+        allow_auto_create_topics=False,
+    )
+
+
 def connect(settings: Settings, shutdown: Shutdown, make: Callable[[], T], what: str) -> T:
     """make() a client and make its first calls, retrying the whole step with backoff while Kafka is
     unreachable, for up to settings.wait s.
