@@ -35,7 +35,7 @@ from pydantic import Field
 
 from common import cli, clients, consume, schemas, topics
 from common.dead_letters import DeadLetters, stop_if_undelivered
-from common.settings import ConsumerSettings
+from common.settings import ConsumerSettings, GroupId
 from common.shutdown import Shutdown
 
 try:
@@ -47,9 +47,13 @@ log = logging.getLogger(__name__)
 
 
 class AnalysisSettings(ConsumerSettings):
-    state: Path = Path("analysis.db")
-    every: float = Field(5.0, gt=0)  # seconds between two tables (only printed when something changed)
-    minutes: int = Field(5, ge=1, le=1440)  # how many one-minute windows the table shows
+    group_id: GroupId = "analysis"
+    state: Path = Field(Path("analysis.db"), json_schema_extra={"metavar": "PATH"},
+                        description="SQLite file of the statistics and their offsets")
+    every: float = Field(5.0, gt=0, json_schema_extra={"metavar": "SECONDS"},  # printed only when something changed
+                         description="print the table this often")
+    minutes: int = Field(5, ge=1, le=1440, json_schema_extra={"metavar": "N"},
+                         description="one-minute windows in the table")
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -324,12 +328,7 @@ def source_topic_id(admin: KafkaAdminClient, settings: AnalysisSettings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__, group_id="analysis")
-    p.add_argument("--state", metavar="PATH", help="SQLite file of the statistics and their offsets "
-                   "(default: analysis.db)")
-    p.add_argument("--every", type=float, metavar="SECONDS", help="print the table this often (default: 5)")
-    p.add_argument("--minutes", type=int, metavar="N", help="one-minute windows in the table (default: 5)")
-    settings = cli.load(AnalysisSettings, p, argv)
+    settings = cli.load(AnalysisSettings, argv, __doc__)
     shutdown = Shutdown.on_signals()
 
     source = settings.topic(topics.RIDE_CONFIRMED)

@@ -59,23 +59,36 @@ if __name__ != "email":
 
     from common import cli, clients, consume, schemas, topics
     from common.dead_letters import DeadLetters, stop_if_undelivered, where
-    from common.settings import ConsumerSettings
+    from common.settings import ConsumerSettings, GroupId
     from common.shutdown import Shutdown
 
     class EmailSettings(ConsumerSettings):
         """Kafka settings plus where emails go: an SMTP server if SMTP_HOST is set, else the outbox folder."""
 
-        outbox: Path = Path("outbox")
+        group_id: GroupId = "email"
+        outbox: Path = Field(Path("outbox"), json_schema_extra={"metavar": "DIR"},
+                             description="where .eml files go without SMTP settings")
         # Default: inside the outbox, so that whoever empties the outbox forgets the ledger with it.
-        ledger: Path | None = None
-        smtp_host: str | None = Field(None, min_length=1, validation_alias=AliasChoices("smtp_host", "SMTP_HOST"))
-        smtp_port: int = Field(587, ge=1, le=65535, validation_alias=AliasChoices("smtp_port", "SMTP_PORT"))
-        smtp_user: str | None = Field(None, validation_alias=AliasChoices("smtp_user", "SMTP_USER"))
-        smtp_password: SecretStr | None = Field(None, validation_alias=AliasChoices("smtp_password", "SMTP_PASSWORD"))
-        smtp_from: str = Field(DEFAULT_FROM, validation_alias=AliasChoices("smtp_from", "SMTP_FROM"))
+        ledger: Path | None = Field(None, json_schema_extra={"metavar": "PATH"},
+                                    description="SQLite ledger of emailed rides, owned by one consumer group "
+                                                f"(default: {LEDGER_NAME} in the outbox)")
+        # The SMTP settings are read from the usual SMTP_* variables (aliases after the field's own name).
+        smtp_host: str | None = Field(None, min_length=1, validation_alias=AliasChoices("smtp_host", "SMTP_HOST"),
+                                      description="SMTP server (default: none: write to the outbox)")
+        smtp_port: int = Field(587, ge=1, le=65535, validation_alias=AliasChoices("smtp_port", "SMTP_PORT"),
+                               description="SMTP port (465: implicit TLS)")
+        smtp_user: str | None = Field(None, validation_alias=AliasChoices("smtp_user", "SMTP_USER"),
+                                      description="SMTP login (default: none: no login)")
+        smtp_password: SecretStr | None = Field(
+            None, validation_alias=AliasChoices("smtp_password", "SMTP_PASSWORD"),
+            description="SMTP password (prefer the variable: flags show in ps)")
+        smtp_from: str = Field(DEFAULT_FROM, validation_alias=AliasChoices("smtp_from", "SMTP_FROM"),
+                               json_schema_extra={"metavar": "ADDRESS"}, description="the emails' sender")
         # Off: a password goes only over TLS. On: also in clear, for a local test server without TLS.
         smtp_allow_plain_login: bool = Field(
-            False, validation_alias=AliasChoices("smtp_allow_plain_login", "SMTP_ALLOW_PLAIN_LOGIN"))
+            False, validation_alias=AliasChoices("smtp_allow_plain_login", "SMTP_ALLOW_PLAIN_LOGIN"),
+            description="log in even where the server offers no TLS, sending the password in clear: for a local "
+                        "test server only (default: off)")
 
         @field_validator("smtp_from")
         @classmethod
@@ -455,20 +468,7 @@ class Mailer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__, group_id="email")
-    p.add_argument("--outbox", metavar="DIR", help="where .eml files go without SMTP settings (default: outbox)")
-    p.add_argument("--ledger", metavar="PATH",
-                   help=f"SQLite ledger of emailed rides, owned by one consumer group (default: {LEDGER_NAME} "
-                        "in the outbox)")
-    p.add_argument("--smtp-host", help="SMTP server (default: $SMTP_HOST; none: write to the outbox)")
-    p.add_argument("--smtp-port", type=int, help="default: $SMTP_PORT, else 587 (465: implicit TLS)")
-    p.add_argument("--smtp-user", help="default: $SMTP_USER (no login without it)")
-    p.add_argument("--smtp-password", help="default: $SMTP_PASSWORD (prefer the variable: flags show in ps)")
-    p.add_argument("--smtp-from", metavar="ADDRESS", help=f"default: $SMTP_FROM, else {DEFAULT_FROM}")
-    p.add_argument("--smtp-allow-plain-login", action="store_true", default=None,
-                   help="log in even where the server offers no TLS, sending the password in clear: for a "
-                        "local test server only (default: $SMTP_ALLOW_PLAIN_LOGIN, else off)")
-    settings = cli.load(EmailSettings, p, argv)
+    settings = cli.load(EmailSettings, argv, __doc__)
     shutdown = Shutdown.on_signals()
 
     source = settings.topic(topics.RIDE_CONFIRMED)

@@ -111,9 +111,14 @@ def rides(seed: int, clock=lambda: datetime.now(timezone.utc)) -> Iterator[RideR
 
 
 class RidesSettings(Settings):
-    count: Annotated[int | None, Field(ge=1)] = None
-    rate: Annotated[float, Field(ge=0)] = 0.0
-    seed: int | None = None
+    count: Annotated[int | None, Field(ge=1, json_schema_extra={"metavar": "N"},
+                                       description="stop once N rides are acknowledged by the broker "
+                                                   "(default: until stopped)")] = None
+    rate: Annotated[float, Field(ge=0, json_schema_extra={"metavar": "R"},
+                                 description="rides per second; 0 = as fast as the broker takes them")] = 0.0
+    seed: Annotated[int | None, Field(json_schema_extra={"metavar": "S"},
+                                      description="same seed, same rides (default: a random seed, logged at "
+                                                  "start)")] = None
 
 
 class Deliveries:
@@ -163,14 +168,7 @@ class Deliveries:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__)
-    p.add_argument("--count", type=int, metavar="N",
-                   help="stop once N rides are acknowledged by the broker (default: until stopped)")
-    p.add_argument("--rate", type=float, metavar="R",
-                   help="rides per second; 0 = as fast as the broker takes them (default: 0)")
-    p.add_argument("--seed", type=int, metavar="S",
-                   help="same seed, same rides (default: a random seed, logged at start)")
-    settings = cli.load(RidesSettings, p, argv)
+    settings = cli.load(RidesSettings, argv, __doc__)
     seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**32)
 
     shutdown = Shutdown.on_signals()

@@ -45,7 +45,7 @@ from common.changelog import Changelog, Stopped
 from common.dead_letters import DeadLetters, where
 from common.decided import DecidedRides, home_partition
 from common.schemas import Place, PoisonRecord, RideConfirmed, RideRejected, RideRequest, record_step
-from common.settings import ConsumerSettings
+from common.settings import ConsumerSettings, GroupId
 from common.shutdown import Shutdown
 
 log = logging.getLogger(__name__)
@@ -187,10 +187,18 @@ STOP_GRACE = 5.0  # seconds a stop request waits for an unfinished batch's outpu
 
 
 class TransactionSettings(ConsumerSettings):
-    guarantee: Literal["exactly-once", "at-least-once"] = EXACTLY_ONCE
-    instance: Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9._-]+$")] = "0"
-    # How long a decided ride_id is remembered: a request repeated later than this is decided again.
-    dedup_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 24.0
+    group_id: GroupId = "transaction"
+    guarantee: Literal["exactly-once", "at-least-once"] = Field(
+        EXACTLY_ONCE, description="exactly-once: Kafka transactions; at-least-once: flush, then commit (faster; "
+                                  "a crash may publish a batch twice)")
+    dedup_hours: Annotated[float, Field(gt=0, le=24 * 30, json_schema_extra={"metavar": "H"},
+                                        description="how long a decided ride_id is remembered; a request repeated "
+                                                    "later is decided again")] = 24.0
+    instance: Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9._-]+$",
+                                   json_schema_extra={"metavar": "ID"},
+                                   description="this instance's name, unique among running instances: the "
+                                               "transactional.id is <topic prefix><group id>-<ID>; two instances "
+                                               "with the same ID fence each other")] = "0"
 
     @model_validator(mode="after")
     def _changelog_name_is_a_topic_name(self) -> TransactionSettings:
@@ -440,18 +448,7 @@ class Pipeline:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__, group_id="transaction")
-    p.add_argument("--guarantee", choices=[EXACTLY_ONCE, AT_LEAST_ONCE],
-                   help="exactly-once: Kafka transactions; at-least-once: flush, then commit (faster; a crash "
-                        "may publish a batch twice) (default: exactly-once)")
-    p.add_argument("--dedup-hours", type=float, metavar="H",
-                   help="how long a decided ride_id is remembered; a request repeated later is decided again "
-                        "(default: 24)")
-    p.add_argument("--instance", metavar="ID",
-                   help="this instance's name, unique among running instances: the transactional.id is "
-                        "<topic prefix><group id>-<ID>; two instances with the same ID fence each other "
-                        "(default: 0)")
-    settings = cli.load(TransactionSettings, p, argv)
+    settings = cli.load(TransactionSettings, argv, __doc__)
 
     shutdown = Shutdown.on_signals()
     clients.ensure_topics(settings, shutdown)

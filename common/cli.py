@@ -1,4 +1,4 @@
-"""How every script starts and ends: shared flags, logging to stderr, one-line errors, exit codes."""
+"""How every script starts and ends: flags made from its settings, logging to stderr, one-line errors, exit codes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, Literal, TypeVar, get_origin
 
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import CliSettingsSource
 
 from common.settings import Settings
 
@@ -26,53 +28,80 @@ class Interrupted(Exception):
     """Asked to stop (SIGINT/SIGTERM) before there was any work to finish: a clean exit."""
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default unless its help already says it: flags default to None (so that the
-    environment can apply), and "(default: None)" after "(default: 60)" would be wrong."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def parser(description: str | None, *, group_id: str | None = None) -> argparse.ArgumentParser:
-    """The flags every script shares; consumers pass their default consumer group."""
-    p = argparse.ArgumentParser(
-        description=(description or "").strip().split("\n\n")[0],
-        formatter_class=_HelpFormatter,
-    )
-    # Flags default to None so that the environment and then Settings' defaults apply.
-    p.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]",
-                   help="Kafka brokers (default: $KAFKA_BOOTSTRAP_SERVERS, else localhost:9092)")
-    p.add_argument("--wait", type=float, metavar="SECONDS",
-                   help="how long to keep retrying while Kafka is unreachable at start (default: 60)")
-    p.add_argument("--topic-prefix", metavar="PREFIX",
-                   help="prepended to every topic name, to run side by side on one cluster (default: none)")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
-    if group_id is not None:
-        p.add_argument("--group-id", help=f"consumer group (default: {group_id})")
-        p.set_defaults(group_id=group_id)
+def parser(description: str | None) -> argparse.ArgumentParser:
+    """Settings' flags in a parser of your own, each None unless given: tools/dlq.py's shared flags, until it
+    uses load()."""
+    p = argparse.ArgumentParser(description=description)
+    CliSettingsSource(Settings, root_parser=p, add_argument_method=_flag_adder(Settings), cli_kebab_case=True)
+    p.set_defaults(**dict.fromkeys(Settings.model_fields))
     return p
 
 
-def load(settings_cls: type[S], p: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> S:
-    """Parse flags, then build the one settings object (flags > environment > defaults)."""
-    args = p.parse_args(argv)
-    given = {name: value for name, value in vars(args).items() if value is not None}
+def load(settings_cls: type[S], argv: Sequence[str] | None = None, doc: str | None = None) -> S:
+    """Parse the flags generated from settings_cls' fields and build the one settings object (flag >
+    environment > .env > default). `doc`'s first paragraph describes the script in --help. A bad value,
+    from any of them, prints usage and one line and exits 2."""
+    if isinstance(argv, argparse.ArgumentParser):  # the old load(cls, parser, argv), for tools/dlq.py until it moves
+        argv, doc = doc, None  # type: ignore[assignment]
+    p = argparse.ArgumentParser(description=(doc or "").strip().split("\n\n")[0])
+    flags = CliSettingsSource(settings_cls, root_parser=p, add_argument_method=_flag_adder(settings_cls),
+                              cli_kebab_case=True,  # --bootstrap-servers, not --bootstrap_servers
+                              cli_implicit_flags="toggle")  # a bool that defaults to off is a plain --flag
     try:
-        settings = settings_cls(**given)
+        settings = settings_cls(_cli_settings_source=flags(args=list(sys.argv[1:] if argv is None else argv)))
     except ValidationError as e:
-        problems = "; ".join(  # "--flag: what is wrong", or just what is wrong when it is about several
-            ("--" + "-".join(str(x) for x in err["loc"]).replace("_", "-") + ": " if err["loc"] else "")
-            + err["msg"].removeprefix("Value error, ") for err in e.errors(include_url=False)
-        )
-        p.error(problems)  # prints usage and one line, exits 2
+        p.error(_one_line(e, settings_cls))  # prints usage and one line, exits 2
     logging.getLogger().setLevel(settings.log_level)
     # kafka-python logs every refused connection as an error, so a broker restart would bury the
     # script's own lines; our code reports what matters from the exceptions it gets.
     logging.getLogger("kafka").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.CRITICAL)
     return settings
+
+
+def env_names(name: str, field: FieldInfo) -> list[str]:
+    """The environment variables (and .env keys) a field is read from: its aliases after its own name (the
+    standard names, such as SMTP_HOST), else RIDES_<NAME>."""
+    if isinstance(field.validation_alias, AliasChoices):
+        return [str(alias).upper() for alias in field.validation_alias.choices[1:]]
+    return [f"RIDES_{name.upper()}"]
+
+
+def _flag_adder(settings_cls: type[Settings]) -> Callable[..., argparse.Action]:
+    """pydantic-settings calls this to add each field's flag. It would also make a flag of every alias
+    (--KAFKA-BOOTSTRAP-SERVERS): only the field's own name becomes one, with the field's metavar and help."""
+
+    def add(parser: argparse.ArgumentParser, *names: str, dest: str, help: str, **kwargs: Any) -> argparse.Action:
+        field = settings_cls.model_fields[dest]
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if "metavar" in kwargs and get_origin(field.annotation) is not Literal:  # a Literal's shows its choices
+            kwargs["metavar"] = extra.get("metavar", dest.upper())
+        text = field.description or ""
+        if "default" not in text:  # a field whose default needs words says it in its description
+            default = field.default
+            shown = "none" if default in (None, "") else f"{default:g}" if isinstance(default, float) else default
+            text += f" (default: {shown})"
+        return parser.add_argument("--" + dest.replace("_", "-"), dest=dest,
+                                   help=f"{text} [env: {', '.join(env_names(dest, field))}]", **kwargs)
+
+    return add
+
+
+def _one_line(error: ValidationError, settings_cls: type[Settings]) -> str:
+    """`--flag (or ITS_VARIABLE): what is wrong`, for each problem, on one line; just what is wrong when it is
+    about several settings together."""
+    names = {alias: name for name, field in settings_cls.model_fields.items()
+             for alias in (field.validation_alias.choices if isinstance(field.validation_alias, AliasChoices)
+                           else [name])}
+    problems = []
+    for err in error.errors(include_url=False):
+        msg = err["msg"].removeprefix("Value error, ")
+        name = names.get(str(err["loc"][0])) if err["loc"] else None
+        if name is None:
+            problems.append(msg)
+        else:
+            field = settings_cls.model_fields[name]
+            problems.append(f"--{name.replace('_', '-')} (or {' or '.join(env_names(name, field))}): {msg}")
+    return "; ".join(problems)
 
 
 def run(main: Callable[[], int | None]) -> None:

@@ -1,34 +1,53 @@
-"""One settings object per script, built once from its command-line flags and the environment.
+"""One settings object per script, built once from its flags, the environment and a `.env` file.
 
-A flag beats an environment variable, which beats the default. The only environment variables read are
-KAFKA_BOOTSTRAP_SERVERS and, for each flag `--some-flag`, RIDES_SOME_FLAG (SMTP settings are read by
-email.py's own subclass). Nothing else in the project reads os.environ.
+Each option is declared once, as a field: its type, limits, default and help (`description`). common.cli
+turns the fields into the script's flags (`--some-flag`). A flag beats an environment variable, which beats
+a line of `.env` in the current directory, which beats the default. The variables read are RIDES_SOME_FLAG
+for each flag, and the standard names given as a field's aliases instead (KAFKA_BOOTSTRAP_SERVERS, email.py's
+SMTP_*). Nothing else in the project reads os.environ.
 """
 
 from __future__ import annotations
+
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
 
+# A consumer group: ConsumerSettings' subclasses give it their own default (`group_id: GroupId = "email"`).
+GroupId = Annotated[str, Field(min_length=1, max_length=200, description="consumer group")]
+
 
 class Settings(BaseSettings):
     """What every script needs: where Kafka is and how long to wait for it."""
 
-    model_config = SettingsConfigDict(env_prefix="RIDES_", frozen=True, extra="forbid")
-
-    bootstrap_servers: str = Field(
-        DEFAULT_BOOTSTRAP_SERVERS,
-        min_length=1,
-        validation_alias=AliasChoices("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"),
+    model_config = SettingsConfigDict(
+        env_prefix="RIDES_",
+        env_file=".env",
+        # One .env serves every script: a line meant for another script's settings is not an error here.
+        # (A mistyped flag still is: the flags are checked by argparse, not by this.)
+        dotenv_filtering="only_existing",
+        frozen=True,
+        extra="forbid",
     )
-    # Prepended to every topic name: lets tests (or several people on one cluster) run the pipeline
-    # side by side without touching each other's topics. Empty in normal use.
-    topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
-    # Seconds to keep retrying when Kafka is unreachable at start before giving up with an error.
-    wait: float = Field(60.0, ge=0)
-    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    # The first alias is the field's own name (flags and keyword arguments); the others are environment
+    # variables, read without the RIDES_ prefix.
+    bootstrap_servers: str = Field(
+        DEFAULT_BOOTSTRAP_SERVERS, min_length=1, description="Kafka brokers",
+        validation_alias=AliasChoices("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"),
+        json_schema_extra={"metavar": "HOST:PORT[,...]"},
+    )
+    wait: float = Field(60.0, ge=0, json_schema_extra={"metavar": "SECONDS"},
+                        description="how long to keep retrying while Kafka is unreachable at start")
+    # Lets tests (or several people on one cluster) run the pipeline side by side without touching each
+    # other's topics. Empty in normal use.
+    topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", max_length=100, json_schema_extra={"metavar": "PREFIX"},
+                              description="prepended to every topic name, to run side by side on one cluster")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG also shows kafka-python's logs and tracebacks")
 
     def topic(self, name: str) -> str:
         """The real name of one of the topics in common.topics, with this run's prefix."""
@@ -36,6 +55,6 @@ class Settings(BaseSettings):
 
 
 class ConsumerSettings(Settings):
-    """What every consuming script needs on top: its consumer group."""
+    """What every consuming script needs on top: its consumer group (a subclass gives the default)."""
 
-    group_id: str = Field(min_length=1, max_length=200)
+    group_id: GroupId

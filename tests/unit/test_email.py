@@ -430,7 +430,7 @@ def test_smtp_settings_come_from_the_standard_variables(monkeypatch, tmp_path):
 
 def test_flags_beat_the_variables_and_the_ledger_defaults_into_the_outbox(monkeypatch, tmp_path):
     monkeypatch.setenv("SMTP_HOST", "mail.example.com")
-    s = cli.load(em.EmailSettings, cli.parser("x", group_id="email"), [])
+    s = cli.load(em.EmailSettings, [])
     assert s.smtp_host == "mail.example.com"
     s = em.EmailSettings(group_id="email", smtp_host="other.example.com", outbox=tmp_path / "o")
     assert s.smtp_host == "other.example.com"
@@ -576,7 +576,7 @@ def test_without_credentials_a_server_without_tls_is_fine(smtp_server):
 
 def test_the_plain_login_flag_is_off_unless_given():
     assert em.EmailSettings(group_id="email").smtp_allow_plain_login is False
-    s = cli.load(em.EmailSettings, cli.parser("x", group_id="email"), [])
+    s = cli.load(em.EmailSettings, [])
     assert s.smtp_allow_plain_login is False
 
 
