@@ -1,9 +1,21 @@
-"""common.cli.parse_summary: how the demo, the bench and the tests read a script's closing line."""
+"""common.cli: the scripts' settings from flags, the environment and .env, one-line errors, and parse_summary
+(how the demo, the bench and the tests read a script's closing line)."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+import analysis
+import rides
+import transaction
+from common import cli
 from common.cli import parse_summary
 
 LOG = """2026-11-22 05:21:33,016 INFO    __main__: progress: confirmed=42 rejected=0
@@ -20,3 +32,155 @@ def test_the_last_summary_line_with_typed_values():
 def test_no_summary_line_is_an_error():
     with pytest.raises(ValueError, match="no 'summary:' line"):
         parse_summary(LOG.splitlines()[0])
+
+
+# ------------------------------------------------------------------------------ settings from flags, env, .env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_email_script():
+    """email.py under another name (as test_email.py loads it): `import email` stays the standard library's."""
+    if "email_script" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("email_script", ROOT / "email.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["email_script"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["email_script"]
+
+
+em = load_email_script()
+SCRIPTS = {"rides.py": rides.RidesSettings, "transaction.py": transaction.TransactionSettings,
+           "email.py": em.EmailSettings, "analysis.py": analysis.AnalysisSettings}
+# Each script's flags as they were when each had its own argparse code (the contract: keep them).
+SHARED = ["--bootstrap-servers HOST:PORT[,...]", "--wait SECONDS", "--topic-prefix PREFIX",
+          "--log-level {DEBUG,INFO,WARNING,ERROR}"]
+FLAGS = {
+    "rides.py": SHARED + ["--count N", "--rate R", "--seed S"],
+    "transaction.py": SHARED + ["--group-id GROUP_ID", "--guarantee {exactly-once,at-least-once}",
+                                "--dedup-hours H", "--instance ID"],
+    "email.py": SHARED + ["--group-id GROUP_ID", "--outbox DIR", "--ledger PATH", "--smtp-host SMTP_HOST",
+                          "--smtp-port SMTP_PORT", "--smtp-user SMTP_USER", "--smtp-password SMTP_PASSWORD",
+                          "--smtp-from ADDRESS", "--smtp-allow-plain-login"],
+    "analysis.py": SHARED + ["--group-id GROUP_ID", "--state PATH", "--every SECONDS", "--minutes N"],
+}
+
+
+@pytest.fixture
+def clean(monkeypatch, tmp_path):
+    """An empty current folder (no .env) and none of the scripts' variables in the environment."""
+    for name in list(os.environ):
+        if name.startswith(("RIDES_", "SMTP_", "KAFKA_")) or name in ("BOOTSTRAP_SERVERS",):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_flag_beats_the_environment_which_beats_dotenv_which_beats_the_default(clean, monkeypatch):
+    assert cli.load(rides.RidesSettings, []).wait == 60
+    (clean / ".env").write_text("RIDES_WAIT=5\nKAFKA_BOOTSTRAP_SERVERS=dotenv:1\n")
+    assert (cli.load(rides.RidesSettings, []).wait, cli.load(rides.RidesSettings, []).bootstrap_servers) \
+        == (5, "dotenv:1")
+    monkeypatch.setenv("RIDES_WAIT", "6")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "env:1")
+    s = cli.load(rides.RidesSettings, [])
+    assert (s.wait, s.bootstrap_servers) == (6, "env:1")
+    s = cli.load(rides.RidesSettings, ["--wait", "7", "--bootstrap-servers", "flag:1"])
+    assert (s.wait, s.bootstrap_servers) == (7, "flag:1")
+
+
+def test_email_reads_the_standard_smtp_variables_from_dotenv_too(clean, monkeypatch):
+    (clean / ".env").write_text('SMTP_HOST=dotenv.example\nSMTP_FROM="Rides <r@rides.example>"\n'
+                                "SMTP_ALLOW_PLAIN_LOGIN=true\nRIDES_OUTBOX=mail\n")
+    s = cli.load(em.EmailSettings, [])
+    assert (s.smtp_host, s.smtp_from, s.smtp_allow_plain_login, s.outbox) \
+        == ("dotenv.example", "Rides <r@rides.example>", True, Path("mail"))
+    monkeypatch.setenv("SMTP_HOST", "env.example")
+    assert cli.load(em.EmailSettings, []).smtp_host == "env.example"
+    assert cli.load(em.EmailSettings, ["--smtp-host", "flag.example"]).smtp_host == "flag.example"
+
+
+def test_each_consumer_has_its_own_default_group():
+    assert {name: cls().group_id for name, cls in SCRIPTS.items() if name != "rides.py"} \
+        == {"transaction.py": "transaction", "email.py": "email", "analysis.py": "analysis"}
+
+
+def test_one_dotenv_holds_every_scripts_settings(clean):
+    # Each script's own lines apply; the other scripts' lines are not errors.
+    (clean / ".env").write_text(ENV_EXAMPLE.read_text().replace("# RIDES_", "RIDES_").replace("# SMTP_", "SMTP_")
+                                .replace("RIDES_GROUP_ID", "# RIDES_GROUP_ID"))
+    for cls in SCRIPTS.values():
+        cli.load(cls, [])
+    assert cli.load(rides.RidesSettings, []).count == 1000
+    assert cli.load(em.EmailSettings, []).smtp_host == "smtp.example.com"
+
+
+@pytest.mark.parametrize("argv, env, dotenv", [
+    (["--wait", "-1"], {}, ""),
+    (["--rate", "x"], {}, ""),
+    (["--count"], {}, ""),
+    (["--wiat", "3"], {}, ""),  # a mistyped flag is an error, even though .env ignores unknown keys
+    ([], {"RIDES_WAIT": "abc"}, ""),
+    ([], {}, "RIDES_WAIT=abc\n"),
+    ([], {}, "KAFKA_BOOTSTRAP_SERVERS=\n"),
+])
+def test_a_bad_value_from_any_source_is_usage_and_one_line_exit_2(clean, monkeypatch, capsys, argv, env, dotenv):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    (clean / ".env").write_text(dotenv)
+    with pytest.raises(SystemExit) as e:
+        cli.load(rides.RidesSettings, argv, rides.__doc__)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and "Traceback" not in err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and err.endswith(errors[0] + "\n"), err
+
+
+def test_the_error_names_the_flag_and_its_variable(clean, monkeypatch, capsys):
+    monkeypatch.setenv("RIDES_WAIT", "-1")
+    with pytest.raises(SystemExit):
+        cli.load(rides.RidesSettings, [])
+    assert "error: --wait (or RIDES_WAIT): Input should be greater than or equal to 0\n" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_the_same_flags_as_before_and_no_others(script):
+    # Run as a user would, from the project root (where email.py shadows the stdlib's email package).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RIDES_", "PYTEST_", "PYTHONPATH"))}
+    result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    usage, description = result.stdout.split("\n\n")[:2]
+    assert re.findall(r"\[(--[a-z-]+(?: \S+?)?)\](?= \[|$)", " ".join(usage.split())) == FLAGS[script]
+    # No other flag anywhere in the help (an alias must not become one, such as --KAFKA-BOOTSTRAP-SERVERS).
+    assert set(re.findall(r"--[A-Za-z][A-Za-z-]*", result.stdout)) == {"--help"} | {f.split()[0] for f in FLAGS[script]}
+    doc = Path(ROOT / script).read_text().split('"""')[1]
+    assert " ".join(description.split()) == " ".join(doc.strip().split("\n\n")[0].split())
+
+
+ENV_EXAMPLE = ROOT / ".env.example"
+
+
+def example_sections() -> dict[str, dict[str, str]]:
+    """.env.example's `# NAME=value` lines under each `# ---- title`."""
+    sections: dict[str, dict[str, str]] = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.startswith("# ---- "):
+            current = sections.setdefault(line.removeprefix("# ---- "), {})
+        elif m := re.fullmatch(r"# ([A-Z_]+)=(.*)", line):
+            current[m[1]] = m[2]
+    return sections
+
+
+def test_env_example_lists_exactly_each_scripts_settings_with_their_defaults():
+    sections = example_sections()
+    assert list(sections) == ["every script", *SCRIPTS]
+    for script, cls in SCRIPTS.items():
+        listed = sections["every script"] | sections[script]
+        assert sorted(listed) == sorted(name for field, info in cls.model_fields.items()
+                                        for name in cli.env_names(field, info)), script
+        for field, info in cls.model_fields.items():
+            if info.default is not None:  # a setting without a default shows an example value
+                value = listed[cli.env_names(field, info)[0]].strip('"')
+                assert cls(**{field: value}) == cls(), f"{script}: {field}={value!r} is not its default"
