@@ -4,7 +4,7 @@ kafka-python producer and consumer rates for records of the same size, and the r
     .venv/bin/python bench/pipeline.py [--rides N] [--seed S] [--bootstrap-servers HOST:PORT] [--json]
                                        [--baseline GIT-REV]
 
-Without --bootstrap-servers it starts its own broker (common.broker.LocalBroker) in a temporary folder on
+Without --bootstrap-servers it starts its own broker (tools.broker.LocalBroker) in a temporary folder on
 a free port, and stops it at the end. Every figure comes from its own fresh topics. The table goes to
 stdout (or JSON with --json), progress to stderr; any failure is one line and a non-zero exit.
 
@@ -13,18 +13,22 @@ How each figure is taken, so that none includes Python or JVM start-up:
   RideRequests asynchronously, then one flush; timed from the first send to the end of the flush.
 - raw consumer: a plain KafkaConsumer (no group, no deserializer, no processing) reads them back; timed
   from the first non-empty poll to the N-th record.
-- rides.py: the rate of its own summary line (first send to last ack), two runs (the inputs of the two
-  transaction.py runs).
-- transaction.py: watched from outside through its group's committed offsets on ride_details, which
-  advance only once a batch's outcomes are published (at-least-once: flushed; exactly-once: in the same
-  transaction); timed from the first committed batch to the N-th ride, so start-up and group join are out.
+- rides.py: the rate of its own summary line (first send to last ack), into topics of its own.
+- transaction.py: its input is the same N pre-serialized records in every run, written (untimed) with the
+  raw producer's settings, so that every run, at any revision, reads the same bytes. Watched from outside
+  through its group's committed offsets on ride_details, which advance only once a batch's outcomes are
+  published (at-least-once: flushed; exactly-once: in the same transaction); timed from the first
+  committed batch to the N-th ride, so start-up and group join are out.
   Not through the output topics' ends: a read_committed consumer's end_offsets() is the last stable
   offset, but in exactly-once mode every transaction also writes a commit marker per partition, which
   takes an offset, so output offsets overcount records. Afterwards the outputs are read in full
   (read_committed) to check each ride's outcome is there exactly once, as is transaction.py's summary.
-- --baseline REV: transaction.py exactly-once as it was at git revision REV (checked out into a temporary
-  git worktree), over the same rides on the same broker in the same run, timed the same way: a change's
-  cost measured against what it replaced, not against a figure from another day.
+- --baseline REV: every figure of the project's scripts (rides.py, transaction.py in both guarantees) is also
+  taken from git revision REV, checked out into a temporary worktree, whose scripts run with that tree as
+  cwd and PYTHONPATH (they import its common/): over the same rides, on the same broker, in the same run,
+  timed the same way, each figure now, baseline, baseline, now (see run_order), and a ratio "now / at
+  baseline" for each. A change's cost is measured against what it replaced, not against another day's
+  figure. The raw kafka-python figures are this bench's own code: the same at any revision.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,9 +90,10 @@ def megabytes_per_s(records_per_s: float, record_bytes: float) -> float:
 @dataclass
 class Figure:
     name: str
-    records_per_s: float
+    records_per_s: float  # the mean of its runs
     mb_per_s: float | None = None
     note: str = ""
+    runs: list[float] = field(default_factory=list)  # each run's rate, when there were several
 
 
 @dataclass
@@ -93,6 +101,7 @@ class Report:
     rides: int
     record_bytes: float  # mean key + value size of a ride request
     machine: dict[str, str]
+    baseline: str | None = None  # the git revision whose scripts the "at baseline" figures ran
     figures: list[Figure] = field(default_factory=list)
     ratios: list[tuple[str, float | None]] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
@@ -107,7 +116,51 @@ RIDES = "rides.py"
 RAW_CONSUMER = "raw kafka-python consumer"
 TX_ALO = "transaction.py at-least-once"
 TX_EOS = "transaction.py exactly-once"
-TX_BASELINE = "transaction.py exactly-once at baseline"
+# The figures of the project's own scripts: these, and only these, are measured at --baseline too (the
+# raw kafka-python figures run this bench's code, the same at any revision).
+SCRIPT_FIGURES = (RIDES, TX_ALO, TX_EOS)
+NOW, BASELINE = "now", "baseline"  # the two trees a script figure runs from
+
+
+def at_baseline(name: str) -> str:
+    return f"{name} at baseline"
+
+
+def run_order(baseline: bool) -> list[str]:
+    """The trees one script figure runs from, in order. With a baseline: now, baseline, baseline, now.
+    A drift of the machine that is linear in time (load from others, a warming broker) then adds the same
+    to both sides' means, so it favours neither; alternating now/baseline once would hand it to one."""
+    return [NOW, BASELINE, BASELINE, NOW] if baseline else [NOW]
+
+
+def measure_scripts(run_one: Callable[[str, str], float], baseline: bool) -> dict[tuple[str, str], list[float]]:
+    """Every script figure's runs, figure after figure, each in run_order: {(figure, side): [rates]}."""
+    runs: dict[tuple[str, str], list[float]] = {}
+    for figure in SCRIPT_FIGURES:
+        for side in run_order(baseline):
+            runs.setdefault((figure, side), []).append(run_one(figure, side))
+    return runs
+
+
+NOTES = {
+    RIDES: "its summary line: first send to last ack, no Python start-up",
+    TX_ALO: "first committed batch to all N committed (no start-up, no group join)",
+    TX_EOS: "first committed batch to all N committed (no start-up, no group join)",
+}
+
+
+def script_figures(runs: dict[tuple[str, str], list[float]], names: list[str], record_bytes: float) -> list[Figure]:
+    """The figures of these script figures' runs, each followed by its twin at baseline when there is one."""
+    figures = []
+    for name in names:
+        for side, shown in ((NOW, name), (BASELINE, at_baseline(name))):
+            rates = runs.get((name, side))
+            if not rates:
+                continue
+            mean = sum(rates) / len(rates)
+            mb = megabytes_per_s(mean, record_bytes) if name == RIDES else None
+            figures.append(Figure(shown, mean, mb, NOTES[name], rates if len(rates) > 1 else []))
+    return figures
 
 
 def compute_ratios(report: Report) -> list[tuple[str, float | None]]:
@@ -117,7 +170,8 @@ def compute_ratios(report: Report) -> list[tuple[str, float | None]]:
         ("transaction.py at-least-once / raw consumer", ratio(f(TX_ALO), f(RAW_CONSUMER))),
         ("transaction.py exactly-once / raw consumer", ratio(f(TX_EOS), f(RAW_CONSUMER))),
         ("exactly-once / at-least-once (the price of exactly-once)", ratio(f(TX_EOS), f(TX_ALO))),
-    ] + ([("exactly-once now / at baseline", ratio(f(TX_EOS), f(TX_BASELINE)))] if f(TX_BASELINE) else [])
+    ] + [(f"{name} now / at baseline", ratio(f(name), f(at_baseline(name))))
+         for name in SCRIPT_FIGURES if f(at_baseline(name))]
 
 
 def _thousands(x: float) -> str:
@@ -137,19 +191,26 @@ def format_table(report: Report) -> str:
         f"Kafka {m['kafka']}; kafka-python's CRC32C: {m['crc32c']}",
         f"load average (1 min): {m['load_before']} before, {m['load_after']} after; wall time "
         f"{report.wall_seconds:.0f} s",
-        "",
     ]
+    if report.baseline:
+        lines.append(f"baseline: git {report.baseline}, its scripts run from a temporary worktree; each script "
+                     f"figure runs now, baseline, baseline, now")
+    lines.append("")
     name_w = max(len(f.name) for f in report.figures) if report.figures else 10
-    lines.append(f"{'':{name_w}}  {'records/s':>10}  {'MB/s':>6}")
+    runs = {f.name: " / ".join(_thousands(r) for r in f.runs) for f in report.figures}
+    runs_w = max(map(len, runs.values()), default=0)
+    runs_head = f"  {'runs':>{runs_w}}" if runs_w else ""
+    lines.append(f"{'':{name_w}}  {'records/s':>10}  {'MB/s':>6}{runs_head}")
     notes = []
     for f in report.figures:
         mb = f"{f.mb_per_s:.1f}" if f.mb_per_s is not None else ""
+        runs_cell = f"  {runs[f.name]:>{runs_w}}" if runs_w else ""
         mark = ""
         if f.note:
             if f.note not in notes:  # one footnote for figures timed alike
                 notes.append(f.note)
             mark = f"({notes.index(f.note) + 1})"
-        lines.append(f"{f.name:{name_w}}  {_thousands(f.records_per_s):>10}  {mb:>6}  {mark}".rstrip())
+        lines.append(f"{f.name:{name_w}}  {_thousands(f.records_per_s):>10}  {mb:>6}{runs_cell}  {mark}".rstrip())
     lines.append("")
     ratio_w = max(len(n) for n, _ in report.ratios) if report.ratios else 10
     lines.append("ratios")
@@ -160,7 +221,8 @@ def format_table(report: Report) -> str:
         lines.extend(f"({i}) {note}" for i, note in enumerate(notes, 1))
     if report.checks:
         lines.append("")
-        lines.extend(f"check: {c}" for c in report.checks)
+        counts = Counter(report.checks)  # runs that reconciled alike: one line
+        lines.extend(f"check: {c}" + (f" (each of {counts[c]} runs)" if counts[c] > 1 else "") for c in counts)
     return "\n".join(lines)
 
 
@@ -199,16 +261,26 @@ def ride_records(n: int, seed: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def create_topics(bootstrap: str, prefix: str) -> None:
-    """The pipeline's topics under a fresh prefix, with the pipeline's partition counts."""
-    from common import clients, topics
-    from common.settings import Settings
+def admin(bootstrap: str):
+    """A plain admin client: the bench only creates its input topics and watches committed offsets."""
+    from kafka import KafkaAdminClient
 
-    admin = clients.admin(Settings(bootstrap_servers=bootstrap, topic_prefix=prefix))
+    return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-admin")
+
+
+def create_input_topic(bootstrap: str, prefix: str) -> str:
+    """A fresh ride_details under this prefix, with the pipeline's partition count; the scripts create
+    the other topics they need themselves, as they do for users."""
+    from common import topics
+
+    name = prefix + topics.RIDE_DETAILS
+    client = admin(bootstrap)
     try:
-        topics.ensure_topics(admin, Settings(bootstrap_servers=bootstrap, topic_prefix=prefix))
+        client.create_topics({name: {"num_partitions": topics.PARTITIONS[topics.RIDE_DETAILS]}},
+                             wait_for_metadata=True)
     finally:
-        admin.close()
+        client.close()
+    return name
 
 
 def raw_produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
@@ -260,14 +332,60 @@ def raw_consume(bootstrap: str, topic: str, n: int) -> float:
         consumer.close()
 
 
-def run_rides(bootstrap: str, prefix: str, n: int, seed: int, log_dir: Path, scripts: list) -> float:
-    """rides.py --count N into this prefix; returns the rate of its summary line."""
-    from tests.integration.pipeline import Script
+STOP_TIMEOUT = 10.0  # the scripts' contract: exit within 10 s of SIGTERM
 
-    script = Script("rides.py", "--count", str(n), "--seed", str(seed), bootstrap=bootstrap, prefix=prefix,
-                    log_dir=log_dir)
-    scripts.append(script)
-    code = script.wait(timeout=300, expect=None)
+
+class Run:
+    """One script of a tree (this project, or the baseline's worktree) as a subprocess, run as a user runs it
+    from that tree: cwd and PYTHONPATH are the tree, so it imports the tree's own common/, not this
+    bench's. Its stdout and stderr go to one file (never a pipe: a full pipe would block it)."""
+
+    def __init__(self, tree: Path, script: str, *args: str, log_dir: Path) -> None:
+        self.name = script
+        self.log_path = log_dir / f"{Path(script).stem}-{uuid.uuid4().hex[:8]}.log"
+        # RIDES_* variables would set the scripts' flags behind the bench's back.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RIDES_")} | {"PYTHONPATH": str(tree)}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, script, *args], cwd=tree, env=env,
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise BenchError(f"{self.name} still running after {timeout:.0f} s: {_last_line(self.log())}") from None
+
+    def stop(self) -> None:
+        """SIGTERM, then exit 0 within the contract's 10 s, or a BenchError."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise BenchError(f"{self.name} did not exit within {STOP_TIMEOUT:.0f} s of SIGTERM") from None
+        if code != 0:
+            raise BenchError(f"{self.name} exited {code} on SIGTERM: {_last_line(self.log())}")
+
+    def kill(self) -> None:
+        if self.running:
+            self.process.kill()
+        self.process.wait()
+
+
+def run_rides(tree: Path, bootstrap: str, prefix: str, n: int, seed: int, log_dir: Path, procs: list) -> float:
+    """The tree's rides.py --count N into this prefix; returns the rate of its summary line."""
+    script = Run(tree, "rides.py", "--count", str(n), "--seed", str(seed), "--bootstrap-servers", bootstrap,
+                 "--topic-prefix", prefix, log_dir=log_dir)
+    procs.append(script)
+    code = script.wait(timeout=300)
     if code != 0:
         raise BenchError(f"rides.py exited {code}: {_last_line(script.log())}")
     summary = _summary(script)
@@ -279,7 +397,7 @@ def run_rides(bootstrap: str, prefix: str, n: int, seed: int, log_dir: Path, scr
 
 def committed_total(admin, group: str, topic: str) -> int:
     """Rides of `topic` whose offsets group has committed (ride_details has no transaction markers:
-    rides.py's producer is idempotent, not transactional, so offsets count records)."""
+    the bench's producer is idempotent, not transactional, so offsets count records)."""
     from kafka.errors import KafkaError
 
     try:
@@ -291,27 +409,25 @@ def committed_total(admin, group: str, topic: str) -> int:
     return sum(o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset > 0)
 
 
-def run_transaction(bootstrap: str, prefix: str, guarantee: str, n: int, log_dir: Path,
-                    scripts: list, script_path: str = "transaction.py") -> tuple[float, dict]:
-    """transaction.py over N pre-produced rides; returns (confirm rate, its summary line)."""
-    from common import clients, topics
-    from common.settings import Settings
-    from tests.integration.pipeline import Script
+def run_transaction(tree: Path, bootstrap: str, prefix: str, guarantee: str, n: int, log_dir: Path,
+                    procs: list) -> tuple[float, dict]:
+    """The tree's transaction.py over N pre-produced rides; returns (confirm rate, its summary line)."""
+    from common import topics
 
     group = f"{prefix}transaction"
     source = prefix + topics.RIDE_DETAILS
-    admin = clients.admin(Settings(bootstrap_servers=bootstrap))
+    watcher = admin(bootstrap)
     try:
-        script = Script(script_path, "--guarantee", guarantee, bootstrap=bootstrap, prefix=prefix,
-                        group_id=group, log_dir=log_dir)
-        scripts.append(script)
+        script = Run(tree, "transaction.py", "--guarantee", guarantee, "--bootstrap-servers", bootstrap,
+                     "--topic-prefix", prefix, "--group-id", group, log_dir=log_dir)
+        procs.append(script)
         first = last = None
         deadline = time.monotonic() + STALL_TIMEOUT * 2  # start-up and group join included
         while True:
             if not script.running:
                 raise BenchError(f"transaction.py ({guarantee}) exited {script.process.returncode}: "
                                  f"{_last_line(script.log())}")
-            done = committed_total(admin, group, source)
+            done = committed_total(watcher, group, source)
             now = time.perf_counter()
             if done and first is None:
                 first = (now, done)
@@ -324,14 +440,10 @@ def run_transaction(bootstrap: str, prefix: str, guarantee: str, n: int, log_dir
                 raise BenchError(f"transaction.py ({guarantee}): {done} of {n} rides committed, then no progress")
             time.sleep(POLL_INTERVAL)
     finally:
-        admin.close()
+        watcher.close()
     if done != n:
         raise BenchError(f"transaction.py ({guarantee}): {done} offsets committed for {n} rides")
-    try:
-        script.stop(expect=0)
-    except AssertionError as e:
-        raise BenchError(f"transaction.py ({guarantee}) did not stop cleanly on SIGTERM: {str(e).splitlines()[0]}") \
-            from None
+    script.stop()
     return rate_between(first, last), _summary(script)
 
 
@@ -376,8 +488,7 @@ def reconcile(bootstrap: str, prefix: str, guarantee: str, n: int, summary: dict
     if len(keys) != n or set(keys) != expected:
         raise BenchError(f"transaction.py ({guarantee}): readers see {len(keys)} outcomes for {len(set(keys))} "
                          f"distinct rides; expected each of the {n} rides once")
-    return (f"{guarantee}: {summary['confirmed']:,} confirmed + {summary['rejected']:,} rejected = {n:,}, "
-            f"each ride once")
+    return f"{summary['confirmed']:,} confirmed + {summary['rejected']:,} rejected = {n:,}, each ride once"
 
 
 def _summary(script) -> dict:
@@ -429,21 +540,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="use this cluster instead of starting a local broker (default: start one)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
     p.add_argument("--baseline", metavar="GIT-REV",
-                   help="also time transaction.py exactly-once as it was at this git revision, in the same run")
+                   help="also run every script figure from this git revision, interleaved with now's, in the same run")
     args = p.parse_args(argv)
     if args.rides < 1000:
         p.error("--rides: at least 1000, or the timings are mostly noise")
     return args
 
 
-def checkout(rev: str, work_dir: Path) -> Path:
-    """The project at git revision `rev`, in a temporary worktree (removed with work_dir's cleanup)."""
+def checkout(rev: str, work_dir: Path) -> tuple[Path, str]:
+    """The project at git revision `rev` in a temporary worktree, and the revision's short hash."""
     path = work_dir / "baseline"
     result = subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "add", "--detach", str(path), rev],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise BenchError(f"--baseline {rev}: {_last_line(result.stderr)}")
-    return path
+    short = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                           text=True).stdout.strip()
+    return path, short
 
 
 def remove_checkout(path: Path) -> None:
@@ -451,10 +564,8 @@ def remove_checkout(path: Path) -> None:
                    capture_output=True)
 
 
-def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path, scripts: list,
+def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path, procs: list,
           baseline: str | None = None) -> Report:
-    from common import topics
-
     started = time.monotonic()
     records = ride_records(n, seed)
     record_bytes = sum(len(k) + len(v) for k, v in records) / n
@@ -464,61 +575,52 @@ def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path,
     # A warm-up, untimed: the broker's JIT, and its first segments and log cleaner threads, would
     # otherwise all be charged to whichever figure happens to come first.
     progress(f"warm-up: {n // 4:,} records")
-    create_topics(bootstrap, f"{run_id}-warm.")
-    raw_produce(bootstrap, f"{run_id}-warm.{topics.RIDE_DETAILS}", records[: n // 4])
-    raw_consume(bootstrap, f"{run_id}-warm.{topics.RIDE_DETAILS}", n // 4)
+    warm = create_input_topic(bootstrap, f"{run_id}-warm.")
+    raw_produce(bootstrap, warm, records[: n // 4])
+    raw_consume(bootstrap, warm, n // 4)
 
     progress(f"raw producer: {n:,} records")
-    raw_prefix = f"{run_id}-raw."
-    create_topics(bootstrap, raw_prefix)
-    seconds = raw_produce(bootstrap, raw_prefix + topics.RIDE_DETAILS, records)
+    raw_topic = create_input_topic(bootstrap, f"{run_id}-raw.")
+    seconds = raw_produce(bootstrap, raw_topic, records)
     producer_rate = rate(n, seconds)
-    report.figures.append(Figure(RAW_PRODUCER, producer_rate, megabytes_per_s(producer_rate, record_bytes),
-                                 "common.clients.producer (acks=all, idempotent, linger 10 ms), "
-                                 "pre-serialized rides, async send + one flush"))
+    raw_producer = Figure(RAW_PRODUCER, producer_rate, megabytes_per_s(producer_rate, record_bytes),
+                          "common.clients.producer (acks=all, idempotent, linger 10 ms), "
+                          "pre-serialized rides, async send + one flush")
 
     progress(f"raw consumer: {n:,} records")
-    consumer_rate = raw_consume(bootstrap, raw_prefix + topics.RIDE_DETAILS, n)
+    consumer_rate = raw_consume(bootstrap, raw_topic, n)
     raw_consumer = Figure(RAW_CONSUMER, consumer_rate, megabytes_per_s(consumer_rate, record_bytes),
                           "plain KafkaConsumer, no group, no processing; first poll to N-th record")
 
+    trees = {NOW: PROJECT_ROOT}
+    if baseline:
+        trees[BASELINE], report.baseline = checkout(baseline, work_dir)
     expected = {k for k, _ in records}
-    rides_rates, tx = [], {}
-    for guarantee in (AT_LEAST_ONCE, EXACTLY_ONCE):
-        prefix = f"{run_id}-{'alo' if guarantee == AT_LEAST_ONCE else 'eos'}."
-        progress(f"rides.py --count {n:,} --seed {seed} --topic-prefix {prefix}")
-        rides_rates.append(run_rides(bootstrap, prefix, n, seed, work_dir, scripts))
-        progress(f"transaction.py --guarantee {guarantee} over those {n:,} rides")
-        tx_rate, summary = run_transaction(bootstrap, prefix, guarantee, n, work_dir, scripts)
-        report.checks.append(reconcile(bootstrap, prefix, guarantee, n, summary, expected))
-        tx[guarantee] = tx_rate
+    count = iter(range(1_000_000))  # a fresh topic prefix for every run
 
-    if baseline:
-        tree = checkout(baseline, work_dir)
-        try:
-            prefix = f"{run_id}-base."
-            progress(f"transaction.py --guarantee exactly-once at {baseline} over the same {n:,} rides")
-            create_topics(bootstrap, prefix)
-            raw_produce(bootstrap, prefix + topics.RIDE_DETAILS, records)
-            tx_rate, summary = run_transaction(bootstrap, prefix, EXACTLY_ONCE, n, work_dir, scripts,
-                                               script_path=str(tree / "transaction.py"))
-            report.checks.append(f"baseline {baseline} " + reconcile(bootstrap, prefix, EXACTLY_ONCE, n, summary,
-                                                                     expected))
-            tx[TX_BASELINE] = tx_rate
-        finally:
-            remove_checkout(tree)
+    def run_one(figure: str, side: str) -> float:
+        """One run of one script figure from one tree, on fresh topics; its rate."""
+        prefix = f"{run_id}-{next(count)}-{side}."
+        label = figure if side == NOW else f"{figure} at {report.baseline}"
+        if figure == RIDES:
+            progress(f"{label}: --count {n:,} --seed {seed} --topic-prefix {prefix}")
+            return run_rides(trees[side], bootstrap, prefix, n, seed, work_dir, procs)
+        guarantee = AT_LEAST_ONCE if figure == TX_ALO else EXACTLY_ONCE
+        # Its input: the very same N records for every run, written before its clock starts.
+        raw_produce(bootstrap, create_input_topic(bootstrap, prefix), records)
+        progress(f"{label} over {n:,} rides, --topic-prefix {prefix}")
+        tx_rate, summary = run_transaction(trees[side], bootstrap, prefix, guarantee, n, work_dir, procs)
+        report.checks.append(f"{label}: " + reconcile(bootstrap, prefix, guarantee, n, summary, expected))
+        return tx_rate
 
-    mean_rides = sum(rides_rates) / len(rides_rates)
-    report.figures.append(Figure(RIDES, mean_rides, megabytes_per_s(mean_rides, record_bytes),
-                                 "its summary line: first send to last ack, no Python start-up; mean of 2 runs ("
-                                 + " / ".join(_thousands(r) for r in rides_rates) + ")"))
-    report.figures.append(raw_consumer)
-    for guarantee, name in ((AT_LEAST_ONCE, TX_ALO), (EXACTLY_ONCE, TX_EOS)):
-        report.figures.append(Figure(name, tx[guarantee], None,
-                                     "first committed batch to all N committed (no start-up, no group join)"))
-    if baseline:
-        report.figures.append(Figure(TX_BASELINE, tx[TX_BASELINE], None,
-                                     f"transaction.py as of git {baseline}; first committed batch to all N committed"))
+    try:
+        runs = measure_scripts(run_one, baseline is not None)
+    finally:
+        if baseline:
+            remove_checkout(trees[BASELINE])
+
+    report.figures = [raw_producer, *script_figures(runs, [RIDES], record_bytes), raw_consumer,
+                      *script_figures(runs, [TX_ALO, TX_EOS], record_bytes)]
     report.ratios = compute_ratios(report)
     report.machine["load_after"] = f"{os.getloadavg()[0]:.2f}"
     report.wall_seconds = time.monotonic() - started
@@ -532,9 +634,9 @@ def _raise_stopped(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_stopped)
-    from common.broker import KAFKA_VERSION, BrokerError, LocalBroker
+    from tools.broker import KAFKA_VERSION, BrokerError, LocalBroker
 
-    scripts: list = []  # every subprocess started, killed (by pid) in finally if still running
+    procs: list[Run] = []  # every subprocess started, killed (by pid) in finally if still running
     broker = None
     wall = time.monotonic()
     try:
@@ -549,10 +651,10 @@ def main(argv: list[str] | None = None) -> int:
                     bootstrap = broker.start(port=0, fresh=True)
                     kafka_version = KAFKA_VERSION
                     progress(f"broker ready at {bootstrap}")
-                report = bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, scripts, args.baseline)
+                report = bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, procs, args.baseline)
             finally:
-                for script in scripts:
-                    script.kill()
+                for proc in procs:
+                    proc.kill()
                 if broker is not None:
                     progress("stopping the broker")
                     broker.stop()

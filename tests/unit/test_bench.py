@@ -62,13 +62,6 @@ def test_ratios():
     assert ratios["exactly-once / at-least-once (the price of exactly-once)"] == pytest.approx(0.8)
 
 
-def test_a_baseline_adds_its_figure_and_the_ratio_of_now_to_it_and_nothing_without_one():
-    r = report()
-    assert "exactly-once now / at baseline" not in dict(r.ratios)
-    r.figures.append(bench.Figure(bench.TX_BASELINE, 5_000, None, "transaction.py as of git abc123"))
-    assert dict(bench.compute_ratios(r))["exactly-once now / at baseline"] == pytest.approx(0.8)
-
-
 def test_ratio_of_a_missing_figure_is_shown_as_na():
     r = report()
     r.figures = [f for f in r.figures if f.name != bench.TX_EOS]
@@ -104,3 +97,114 @@ def test_json_has_every_figure_and_ratio():
     assert data["rides"] == 20_000
     assert [f["name"] for f in data["figures"]][0] == bench.RAW_PRODUCER
     assert data["ratios"]["exactly-once / at-least-once (the price of exactly-once)"] == pytest.approx(0.8)
+
+
+# ------------------------------------------------------------------------------- --baseline REV
+
+
+def test_with_a_baseline_each_figure_runs_now_baseline_baseline_now_so_a_drift_favours_neither_side():
+    order = bench.run_order(baseline=True)
+    assert order == [bench.NOW, bench.BASELINE, bench.BASELINE, bench.NOW]
+    # A drift linear in time adds the same to both sides' means: their mean positions are equal.
+    positions = {side: [i for i, s in enumerate(order) if s == side] for side in (bench.NOW, bench.BASELINE)}
+    assert sum(positions[bench.NOW]) == sum(positions[bench.BASELINE])
+    assert bench.run_order(baseline=False) == [bench.NOW]
+
+
+def fake_runs(baseline: bool) -> tuple[list[tuple[str, str]], dict]:
+    """measure_scripts with a fake run of one figure: the calls it made and what it returned."""
+    calls: list[tuple[str, str]] = []
+    speed = {bench.RIDES: 9_000, bench.TX_ALO: 5_000, bench.TX_EOS: 4_000}
+
+    def run_one(figure: str, side: str) -> float:
+        calls.append((figure, side))
+        # now is 0.8 of the baseline; the baseline's two runs differ, so the mean is taken
+        n = sum(1 for c in calls if c == (figure, side))
+        return speed[figure] * 0.8 if side == bench.NOW else speed[figure] + (100 if n == 1 else -100)
+
+    return calls, bench.measure_scripts(run_one, baseline)
+
+
+def test_a_baseline_measures_every_script_figure_at_both_revisions_interleaved():
+    calls, runs = fake_runs(baseline=True)
+    abba = [bench.NOW, bench.BASELINE, bench.BASELINE, bench.NOW]
+    assert calls == [(f, side) for f in bench.SCRIPT_FIGURES for side in abba]
+    assert set(bench.SCRIPT_FIGURES) == {bench.RIDES, bench.TX_ALO, bench.TX_EOS}
+    assert runs[(bench.TX_EOS, bench.BASELINE)] == [4_100, 3_900]
+
+
+def test_without_a_baseline_each_script_figure_runs_once_at_now():
+    calls, _ = fake_runs(baseline=False)
+    assert calls == [(f, bench.NOW) for f in bench.SCRIPT_FIGURES]
+
+
+def baseline_report() -> "bench.Report":
+    _, runs = fake_runs(baseline=True)
+    r = report()
+    r.baseline = "943e8ac"
+    r.figures = [r.figures[0], *bench.script_figures(runs, [bench.RIDES], 375.4), r.figures[2],
+                 *bench.script_figures(runs, [bench.TX_ALO, bench.TX_EOS], 375.4)]
+    r.ratios = bench.compute_ratios(r)
+    return r
+
+
+def test_a_baseline_adds_each_script_figure_at_baseline_and_its_now_over_baseline_ratio():
+    r = baseline_report()
+    names = [f.name for f in r.figures]
+    assert names == [bench.RAW_PRODUCER, bench.RIDES, "rides.py at baseline", bench.RAW_CONSUMER,
+                     bench.TX_ALO, "transaction.py at-least-once at baseline",
+                     bench.TX_EOS, "transaction.py exactly-once at baseline"]
+    assert r.figure("transaction.py exactly-once at baseline") == pytest.approx(4_000)  # mean of 4,100 and 3,900
+    ratios = dict(r.ratios)
+    for name in bench.SCRIPT_FIGURES:
+        assert ratios[f"{name} now / at baseline"] == pytest.approx(0.8)
+    # The raw kafka-python figures are the same code at both revisions: no baseline of theirs.
+    assert not any(n.startswith("raw") and "baseline" in n for n in names + list(ratios))
+
+
+def test_no_baseline_no_baseline_figures_or_ratios():
+    _, runs = fake_runs(baseline=False)
+    figures = bench.script_figures(runs, list(bench.SCRIPT_FIGURES), 375.4)
+    assert [f.name for f in figures] == list(bench.SCRIPT_FIGURES)
+    r = report()
+    assert not [n for n, _ in r.ratios if "baseline" in n]
+    assert "baseline" not in bench.format_table(r)
+
+
+def test_the_table_names_the_baseline_and_shows_each_run_and_each_ratio():
+    table = bench.format_table(baseline_report())
+    assert "baseline: git 943e8ac" in table
+    eos_base = next(line for line in table.splitlines() if line.startswith("transaction.py exactly-once at baseline"))
+    assert "4,000" in eos_base and "4,100 / 3,900" in eos_base  # the mean and the runs it is the mean of
+    for name in bench.SCRIPT_FIGURES:
+        assert re.search(rf"^  {re.escape(name)} now / at baseline +0\.80$", table, re.MULTILINE)
+
+
+def test_runs_that_reconciled_alike_share_one_check_line():
+    r = baseline_report()
+    r.checks = ["transaction.py exactly-once: 4,901 confirmed + 99 rejected = 5,000, each ride once"] * 2
+    checks = [line for line in bench.format_table(r).splitlines() if line.startswith("check:")]
+    assert checks == ["check: transaction.py exactly-once: 4,901 confirmed + 99 rejected = 5,000, each ride once "
+                      "(each of 2 runs)"]
+
+
+def test_the_json_has_the_baseline_its_figures_and_ratios():
+    data = json.loads(bench.to_json(baseline_report()))
+    assert data["baseline"] == "943e8ac"
+    figures = {f["name"]: f for f in data["figures"]}
+    assert figures["rides.py at baseline"]["runs"] == [9_100, 8_900]
+    assert data["ratios"]["transaction.py at-least-once now / at baseline"] == pytest.approx(0.8)
+
+
+def test_a_trees_script_runs_with_that_tree_as_cwd_and_imports_its_own_common(tmp_path, monkeypatch):
+    tree = tmp_path / "tree"
+    (tree / "common").mkdir(parents=True)
+    (tree / "common" / "__init__.py").write_text("")
+    (tree / "probe.py").write_text("import os, common\nprint('cwd', os.getcwd())\nprint('common', common.__file__)\n")
+    # Whatever this process was started with (the project on PYTHONPATH, say), the tree's own common/ wins.
+    monkeypatch.setenv("PYTHONPATH", str(bench.PROJECT_ROOT))
+    monkeypatch.chdir(tmp_path)
+    run = bench.Run(tree, "probe.py", log_dir=tmp_path)
+    assert run.wait(timeout=30) == 0
+    assert f"cwd {tree}" in run.log()
+    assert f"common {tree / 'common' / '__init__.py'}" in run.log()
