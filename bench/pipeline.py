@@ -547,16 +547,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def checkout(rev: str, work_dir: Path) -> tuple[Path, str]:
-    """The project at git revision `rev` in a temporary worktree, and the revision's short hash."""
+def resolve_rev(rev: str) -> str:
+    """The short hash of a commit, checked before anything runs (a typo would otherwise cost the raw figures)."""
+    result = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "--verify", "--quiet",
+                             f"{rev}^{{commit}}"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchError(f"--baseline {rev}: not a commit of this repository")
+    return result.stdout.strip()
+
+
+def checkout(rev: str, work_dir: Path) -> Path:
+    """The project at git revision `rev` in a temporary worktree."""
     path = work_dir / "baseline"
     result = subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "add", "--detach", str(path), rev],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise BenchError(f"--baseline {rev}: {_last_line(result.stderr)}")
-    short = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True,
-                           text=True).stdout.strip()
-    return path, short
+    return path
 
 
 def remove_checkout(path: Path) -> None:
@@ -569,7 +576,7 @@ def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path,
     started = time.monotonic()
     records = ride_records(n, seed)
     record_bytes = sum(len(k) + len(v) for k, v in records) / n
-    report = Report(rides=n, record_bytes=record_bytes, machine=machine(kafka_version))
+    report = Report(rides=n, record_bytes=record_bytes, machine=machine(kafka_version), baseline=baseline)
     run_id = f"bench-{os.getpid()}-{int(time.time())}"
 
     # A warm-up, untimed: the broker's JIT, and its first segments and log cleaner threads, would
@@ -594,14 +601,14 @@ def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path,
 
     trees = {NOW: PROJECT_ROOT}
     if baseline:
-        trees[BASELINE], report.baseline = checkout(baseline, work_dir)
+        trees[BASELINE] = checkout(baseline, work_dir)
     expected = {k for k, _ in records}
     count = iter(range(1_000_000))  # a fresh topic prefix for every run
 
     def run_one(figure: str, side: str) -> float:
         """One run of one script figure from one tree, on fresh topics; its rate."""
         prefix = f"{run_id}-{next(count)}-{side}."
-        label = figure if side == NOW else f"{figure} at {report.baseline}"
+        label = figure if side == NOW else f"{figure} at {baseline}"
         if figure == RIDES:
             progress(f"{label}: --count {n:,} --seed {seed} --topic-prefix {prefix}")
             return run_rides(trees[side], bootstrap, prefix, n, seed, work_dir, procs)
@@ -643,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             work_dir = Path(tmp)
             try:
+                baseline = resolve_rev(args.baseline) if args.baseline else None
                 if args.bootstrap_servers:
                     bootstrap, kafka_version = args.bootstrap_servers, "(existing cluster)"
                 else:
@@ -651,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
                     bootstrap = broker.start(port=0, fresh=True)
                     kafka_version = KAFKA_VERSION
                     progress(f"broker ready at {bootstrap}")
-                report = bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, procs, args.baseline)
+                report = bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, procs, baseline)
             finally:
                 for proc in procs:
                     proc.kill()

@@ -208,3 +208,15 @@ def test_a_trees_script_runs_with_that_tree_as_cwd_and_imports_its_own_common(tm
     assert run.wait(timeout=30) == 0
     assert f"cwd {tree}" in run.log()
     assert f"common {tree / 'common' / '__init__.py'}" in run.log()
+
+
+def test_a_baseline_that_is_no_commit_is_refused_in_one_line_before_anything_runs():
+    with pytest.raises(bench.BenchError, match=r"^--baseline no-such-rev: not a commit of this repository$"):
+        bench.resolve_rev("no-such-rev")
+    assert bench.main(["--rides", "1000", "--baseline", "no-such-rev", "--bootstrap-servers", "127.0.0.1:1"]) == 1
+
+
+def test_a_baseline_is_shown_as_its_short_hash():
+    head = bench.resolve_rev("HEAD")
+    assert re.fullmatch(r"[0-9a-f]{7,}", head)
+    assert bench.resolve_rev(head) == head
