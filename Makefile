@@ -46,7 +46,7 @@ demo: venv
 
 # A development broker in the foreground on localhost:9092; Ctrl-C stops it.
 broker: venv
-	$(PY) -m common.broker $(ARGS)
+	$(PY) -m tools.broker $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

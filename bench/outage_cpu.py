@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/outage_cpu.py [--outage SECONDS] [--rate R]
 
-Starts its own broker (common.broker.LocalBroker, a temporary folder, a free port), then rides.py
+Starts its own broker (tools.broker.LocalBroker, a temporary folder, a free port), then rides.py
 --rate 50 and transaction.py against it, waits until rides are confirmed, stops the broker, and reads
 each script's CPU seconds (user + system, all threads) from /proc/<pid>/stat at the start and the end of
 the outage. Then it starts the broker again on the same port and data, checks that rides are produced
@@ -28,7 +28,7 @@ sys.path.append(str(PROJECT_ROOT))
 
 from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 
-from common.broker import LocalBroker  # noqa: E402
+from tools.broker import LocalBroker  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SCRIPTS = ("rides.py", "transaction.py")

@@ -1,11 +1,11 @@
 """What the four pipeline scripts share: settings, topics, schemas, Kafka clients, the consume loop.
 
-Nothing in this package reads os.environ except common.settings (and common.broker, which honours
-KAFKA_HOME and JAVA_HOME as Kafka's own scripts do), and nothing in it configures logging except
-common.cli and the command-line entry points.
+Nothing in this package reads os.environ except common.settings, and nothing in it configures logging
+except common.cli and the command-line entry points. The developer tools (the local broker, the
+dead-letter tool, the demo) live in tools/.
 """
 
 # The project's top-level email.py shadows the standard library's `email` package for anything run from
 # the project root. Importing any part of common puts the real package in place first, so every entry
-# point (`python -m common.dlq`, tools/, bench/, a new script) is safe. See common/stdlib_email.py.
+# point (`python -m tools.dlq`, bench/, a new script) is safe. See common/stdlib_email.py.
 from common import stdlib_email as _stdlib_email  # noqa: F401

@@ -185,7 +185,7 @@ def connect(settings: Settings, shutdown: Shutdown, make: Callable[[], T], what:
             if remaining <= 0:
                 raise Fatal(
                     f"Kafka is unreachable at {settings.bootstrap_servers} (gave up after {settings.wait:g} s: "
-                    f"{e}); start it with `docker compose up -d` or `python -m common.broker`, "
+                    f"{e}); start it with `docker compose up -d` or `make broker`, "
                     f"or pass --bootstrap-servers"
                 ) from None
             if not warned:

@@ -3,7 +3,7 @@
 Where the session's broker comes from, first match wins (pytest's header says which one you got):
 1. KAFKA_BOOTSTRAP_SERVERS is set: that cluster (never restarted by tests; restart tests are skipped);
 2. a Docker engine answers: an apache/kafka container of the launcher's Kafka version (testcontainers);
-3. otherwise: the local launcher (common.broker) on free ports in a temporary folder.
+3. otherwise: the local launcher (tools.broker) on free ports in a temporary folder.
 The broker starts on first use, so a run of unit tests alone starts none.
 
 Fixtures:
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from common.broker import KAFKA_VERSION, BrokerError, LocalBroker, check_java, free_port, resolve_libs, wait_until_ready
+from tools.broker import KAFKA_VERSION, BrokerError, LocalBroker, check_java, free_port, resolve_libs, wait_until_ready
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 KAFKA_IMAGE = f"apache/kafka:{KAFKA_VERSION}"
@@ -77,7 +77,7 @@ def pytest_report_header(config):
     elif source == "docker":
         where = f"testcontainers {KAFKA_IMAGE} (KRaft, a Docker engine answers)"
     else:
-        where = f"local launcher common.broker, Kafka {KAFKA_VERSION} (KRaft; no KAFKA_BOOTSTRAP_SERVERS, no Docker)"
+        where = f"local launcher tools.broker, Kafka {KAFKA_VERSION} (KRaft; no KAFKA_BOOTSTRAP_SERVERS, no Docker)"
     when = "" if source == "external" else "; started on first use by an integration test"
     return [f"kafka broker: {where}{when}"]
 

@@ -2,9 +2,9 @@
 
 Where the broker comes from, first match wins:
 1. --bootstrap-servers: that cluster, nothing is started;
-2. one already answers on localhost:9092 (`docker compose up -d`, `python -m common.broker`): use it, leave it;
+2. one already answers on localhost:9092 (`docker compose up -d`, `python -m tools.broker`): use it, leave it;
 3. a Docker engine answers: `docker compose up -d --wait` here, `docker compose down` at the end;
-4. otherwise the local launcher (common.broker) on port 9092 (any free port if taken), in a temporary
+4. otherwise the local launcher (tools.broker) on port 9092 (any free port if taken), in a temporary
    data folder that is deleted at the end.
 
 Then transaction.py, email.py and analysis.py start, rides.py produces --rides rides, and the demo waits
@@ -38,7 +38,7 @@ sys.path.append(str(PROJECT_ROOT))
 from kafka.errors import KafkaError  # noqa: E402
 
 from common import cli  # noqa: E402
-from common.broker import BrokerError, LocalBroker, metadata_ok, port_is_free, wait_until_ready  # noqa: E402
+from tools.broker import BrokerError, LocalBroker, metadata_ok, port_is_free, wait_until_ready  # noqa: E402
 
 DEFAULT_HOST, DEFAULT_PORT = "localhost", 9092
 CONSUMERS = ("transaction", "email", "analysis")
@@ -118,7 +118,7 @@ def acquire_broker(stack: contextlib.ExitStack, bootstrap: str | None) -> str:
         if not metadata_ok(bootstrap, timeout_ms=10000):
             raise BrokerError(
                 f"something listens on {bootstrap} but does not answer as Kafka. "
-                "Fix: stop it, or start Kafka there (`docker compose up -d` or `python -m common.broker`)"
+                "Fix: stop it, or start Kafka there (`docker compose up -d` or `python -m tools.broker`)"
             )
         say(f"using the broker already running at {bootstrap} (left running)")
         return bootstrap
@@ -136,7 +136,7 @@ def acquire_broker(stack: contextlib.ExitStack, bootstrap: str | None) -> str:
     stack.callback(_stop_local_broker, broker)
     port = DEFAULT_PORT if port_is_free(DEFAULT_PORT) else 0
     say(f"no broker on {DEFAULT_HOST}:{DEFAULT_PORT} and no Docker engine: starting Kafka from its jars "
-        "(common.broker; stopped again at the end)")
+        "(tools.broker; stopped again at the end)")
     started = time.monotonic()
     bootstrap = broker.start(port=port)
     say(f"Kafka ready at {bootstrap} in {time.monotonic() - started:.1f} s (pid {broker.pid}, log {broker.log_file})")

@@ -1,4 +1,4 @@
-"""The local launcher (common.broker) against a real JVM: round trip, restart keeps data, clean stops,
+"""The local launcher (tools.broker) against a real JVM: round trip, restart keeps data, clean stops,
 and the failures that need a JVM (port in use, broker dies while starting)."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartitio
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError
 
-from common.broker import BrokerError, LocalBroker, check_java, metadata_ok, port_is_free, resolve_libs
 from tests.unit.test_broker_cli import one_line_failure
+from tools.broker import BrokerError, LocalBroker, check_java, metadata_ok, port_is_free, resolve_libs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -182,7 +182,7 @@ def test_fresh_start_forgets_topics(launcher_available, tmp_path):
 
 def _start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "common.broker", *args],
+        [sys.executable, "-m", "tools.broker", *args],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -261,7 +261,7 @@ def test_cli_restart_on_same_data_dir_reuses_the_port(launcher_available, tmp_pa
 
 def _run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "common.broker", *args],
+        [sys.executable, "-m", "tools.broker", *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

@@ -22,11 +22,11 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 import analysis
 from common import clients, schemas, topics
-from common.broker import free_port
 from common.dead_letters import GROUP, REASON, SOURCE_TOPIC
 from common.settings import Settings
 from tests.integration.pipeline import Script, header, parse_summary, produce_raw, read_until, unique_prefix, wait_until
 from tests.unit.test_email import fake_smtp_server, load_email_script
+from tools.broker import free_port
 
 em = load_email_script()
 

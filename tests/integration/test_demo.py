@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.broker import free_port
+from tools.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "tools" / "demo.py"

@@ -1,4 +1,4 @@
-"""`python -m common.dlq` against the real broker: list shows why and where from; replay sends back
+"""`python -m tools.dlq` against the real broker: list shows why and where from; replay sends back
 exactly the chosen dead letters, byte for byte, with their original headers."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 
-from common import topics
+from common import clients, topics
 from common.clients import admin
 from common.dead_letters import DeadLetters, headers_for
 from common.settings import Settings
@@ -34,7 +34,7 @@ def dead_lettered(kafka_bootstrap):
     settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
     a = admin(settings)
     try:
-        topics.ensure_topics(a, settings, [topics.RIDE_DETAILS, topics.dead_letter_topic(topics.RIDE_DETAILS)])
+        clients.create_topics(a, settings, [topics.RIDE_DETAILS, topics.dead_letter_topic(topics.RIDE_DETAILS)])
     finally:
         a.close()
     source_topic = settings.topic(topics.RIDE_DETAILS)
@@ -58,7 +58,7 @@ def dead_lettered(kafka_bootstrap):
 
 
 def run_dlq(kafka_bootstrap: str, prefix: str, *args: str, expect: int = 0) -> Script:
-    with Script("common.dlq", *args, bootstrap=kafka_bootstrap, prefix=prefix) as script:
+    with Script("tools.dlq", *args, bootstrap=kafka_bootstrap, prefix=prefix) as script:
         script.wait(timeout=90, expect=expect)
     return script
 
@@ -127,7 +127,7 @@ def make_topics(bootstrap: str, prefix: str) -> Settings:
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix)
     a = admin(settings)
     try:
-        topics.ensure_topics(a, settings)  # all of the pipeline's topics, with its partition counts
+        clients.create_topics(a, settings)  # all of the pipeline's topics, with its partition counts
     finally:
         a.close()
     return settings

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from common import schemas, topics
+from common import clients, schemas, topics
 from common.clients import admin
 from common.dead_letters import GROUP, OUR_HEADERS, REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from common.settings import Settings
@@ -118,7 +118,7 @@ def test_hostile_records_are_dead_lettered_and_valid_rides_still_flow(kafka_boot
     settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
     a = admin(settings)
     try:
-        topics.ensure_topics(a, settings)
+        clients.create_topics(a, settings)
     finally:
         a.close()
     t = settings.topic
@@ -244,7 +244,7 @@ def test_hostile_records_are_dead_lettered_and_valid_rides_still_flow(kafka_boot
         assert len(conflicts) == REPEATS
         assert all(b"already decided for a different request" in header(r, REASON)[0] for r in conflicts)
         # The people's view of the same dead letters: one short, printable line each, hostile bytes escaped.
-        with Script("common.dlq", "list", topics.dead_letter_topic(topics.RIDE_DETAILS), **common_args) as dlq:
+        with Script("tools.dlq", "list", topics.dead_letter_topic(topics.RIDE_DETAILS), **common_args) as dlq:
             dlq.wait(timeout=90)
         lines = dlq.stdout().splitlines()
         assert len(lines) == HOSTILE_REQUESTS + REPEATS

@@ -14,8 +14,8 @@ from collections import Counter
 
 import pytest
 
-from common.broker import free_port
 from tests.integration.pipeline import Script, keys, parse_summary, read_all, unique_prefix, wait_until
+from tools.broker import free_port
 
 RIDES = 50
 WAITING = r"Kafka is not reachable at \S+ yet"

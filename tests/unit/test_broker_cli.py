@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from common import broker
+from tools import broker
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ def _run(*args: str, path: str, extra_env: dict | None = None, timeout: float = 
     env["PATH"] = path
     env.update(extra_env or {})
     return subprocess.run(
-        [sys.executable, "-m", "common.broker", *args],
+        [sys.executable, "-m", "tools.broker", *args],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -35,7 +35,7 @@ def one_line_failure(proc: subprocess.CompletedProcess, *needles: str) -> str:
     """Assert a launcher failure: non-zero, no traceback, one `error:` line with a Fix naming each needle."""
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("common.broker: error:")]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("tools.broker: error:")]
     assert len(errors) == 1, proc.stderr
     assert "Fix:" in errors[0]
     for needle in needles:
@@ -128,7 +128,7 @@ def test_cluster_id_is_22_chars_of_base64url_uuid_never_starting_with_a_dash():
 
 
 def test_log_quote_keeps_messages_and_drops_stack_frames():
-    log = "old run\n===== common.broker: starting X\nINFO a\nERROR boom\njava.lang.X: why\n\tat a.b(C.java:1)\n"
+    log = "old run\n===== tools.broker: starting X\nINFO a\nERROR boom\njava.lang.X: why\n\tat a.b(C.java:1)\n"
     text = broker._tail(log.rpartition(broker._BANNER)[2])
     assert "why" in text and "at a.b" not in text and "old run" not in text
 

@@ -3,8 +3,8 @@
 import re
 from pathlib import Path
 
-from common.broker import KAFKA_VERSION
 from common.settings import DEFAULT_BOOTSTRAP_SERVERS
+from tools.broker import KAFKA_VERSION
 
 COMPOSE = (Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text()
 

@@ -8,7 +8,8 @@ from kafka.future import Future
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from common import dead_letters
-from common.dead_letters import OUR_HEADERS, REASON, TRUNCATED, DeadLetter, DeadLetters
+from common.dead_letters import OUR_HEADERS, REASON, TRUNCATED, DeadLetters
+from tools.letters import DeadLetter
 
 LIMIT = 1_048_576  # kafka-python's default max_request_size
 

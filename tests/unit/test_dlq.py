@@ -1,4 +1,4 @@
-"""The pure parts of `python -m common.dlq`: offset selections, safe previews, one line per dead letter."""
+"""The pure parts of `python -m tools.dlq`: offset selections, safe previews, one line per dead letter."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from kafka.consumer.fetcher import ConsumerRecord
 
 from common import dead_letters
-from common.dead_letters import DeadLetter
-from common.dlq import (
+from tools.dlq import (
     ALL,
     build_parser,
     dead_letter_name,
@@ -27,6 +26,7 @@ from common.dlq import (
     replay_source,
     when,
 )
+from tools.letters import DeadLetter
 
 # ------------------------------------------------------------------------------------------ offsets
 

@@ -51,7 +51,7 @@ def test_the_pytest_entry_point_works_from_the_root():
 
 
 def test_other_programs_run_from_the_root_get_the_standard_library_email():
-    # rides.py, transaction.py, analysis.py, python -m common.dlq ...: their first `import email` comes
+    # rides.py, transaction.py, analysis.py, python -m tools.dlq ...: their first `import email` comes
     # from deep inside pydantic, http.client or hypothesis, half-way through those imports.
     code = ("import pydantic_settings, http.client, smtplib, hypothesis, importlib.metadata, email; "
             "print(email.__file__); print(importlib.metadata.version('kafka-python'))")
@@ -60,6 +60,20 @@ def test_other_programs_run_from_the_root_get_the_standard_library_email():
     stdlib_email, version = result.stdout.split()
     assert Path(stdlib_email).resolve() == STDLIB / "email" / "__init__.py"
     assert version.startswith("3.")
+
+
+@pytest.mark.parametrize("tool", ["tools.dlq", "tools.broker"])
+def test_the_developer_tools_run_from_the_root(tool):
+    # `python -m tools.X` puts the project root first on sys.path; the tools package guards like common.
+    result = run([sys.executable, "-m", tool, "--help"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: python -m {tool}")
+
+
+def test_importing_the_tools_package_puts_the_standard_library_email_first():
+    result = run([sys.executable, "-c", "import tools, email; print(email.__file__)"])
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).resolve() == STDLIB / "email" / "__init__.py"
 
 
 def test_in_this_process_email_is_the_standard_library_package():

@@ -1,8 +1,8 @@
 """Look into a dead-letter topic (or any topic), and replay chosen dead letters to their source topic.
 
-    python -m common.dlq list ride_details.dlq [--limit N] [--offsets 3,5-9] [--json]
-    python -m common.dlq replay ride_details.dlq --offsets 3,5-9    (or --all)
-    python -m common.dlq show ride_rejected [--partition N] [--offsets 3,5-9] [--limit N] [--json]
+    python -m tools.dlq list ride_details.dlq [--limit N] [--offsets 3,5-9] [--json]
+    python -m tools.dlq replay ride_details.dlq --offsets 3,5-9    (or --all)
+    python -m tools.dlq show ride_rejected [--partition N] [--offsets 3,5-9] [--limit N] [--json]
 
 For list and replay, TOPIC is a dead-letter topic (`ride_details.dlq`) or its source topic
 (`ride_details`: `.dlq` is appended); for show, any topic. Names are as in common.topics:
@@ -23,11 +23,6 @@ truncated to fit Kafka's size limit (dlq.truncated), is listed with what is wron
 
 from __future__ import annotations
 
-# First: `python -m common.dlq` runs with the project root on sys.path, where email.py would shadow the
-# standard library's `email` package that pydantic's import of importlib.metadata needs.
-import common.stdlib_email  # noqa: F401
-
-# isort: split
 import argparse
 import base64
 import json
@@ -44,14 +39,14 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CorruptRecordError
 
 from common import cli, clients, topics
-from common.dead_letters import DeadLetter
 from common.settings import Settings
 from common.shutdown import Shutdown
 from common.topics import DLQ_SUFFIX, dead_letter_topic
+from tools.letters import DeadLetter
 
 log = logging.getLogger(__name__)
 
-PROG = "python -m common.dlq"
+PROG = "python -m tools.dlq"
 PREVIEW_CHARS = 60  # of a key or value in a listing: enough to recognise a record, short enough for one line
 REASON_CHARS = 300  # reasons are one line of at most 500 characters (common.schemas.describe); keep lines readable
 # Reading stops once every chosen partition is read to its end; this long without a record means the
@@ -284,22 +279,6 @@ def format_record_json(r: ConsumerRecord) -> str:
 # ------------------------------------------------------------------------------------------- Kafka
 
 
-def reader(settings: Settings) -> KafkaConsumer:
-    return KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id="rides-dlq",
-        bootstrap_timeout_ms=clients.ATTEMPT_TIMEOUT_MS,
-        # Looking must change nothing: no group, so no committed offsets and no rebalance of anyone.
-        group_id=None,
-        enable_auto_commit=False,
-        # A dead letter written in a transaction that was then aborted was never set aside for real
-        # (transaction.py wrote it again in the retry): show only what downstream readers would see.
-        isolation_level="read_committed",
-        # A mistyped name must say "does not exist", not create an empty topic.
-        allow_auto_create_topics=False,
-    )
-
-
 def read(consumer: KafkaConsumer, topic: str, partition: int, chosen: Offsets,
          shutdown: Shutdown) -> Iterator[ConsumerRecord]:
     """The chosen records of one partition, from the beginning to the end it had when reading began."""
@@ -349,7 +328,7 @@ def open_topic(settings: Settings, shutdown: Shutdown, name: str,
                partition: int | None) -> tuple[KafkaConsumer, str, list[int]]:
     """A reader of the topic `name` (prefix applied) and the partitions to read: `partition`, or all."""
     topic = settings.topic(name)
-    consumer = clients.connect(settings, shutdown, lambda: reader(settings), "reading records")
+    consumer = clients.connect(settings, shutdown, lambda: clients.reader(settings, "rides-dlq"), "reading records")
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         consumer.close()

@@ -1,6 +1,6 @@
 """A real Apache Kafka broker (KRaft, one combined broker+controller node) for development and tests.
 
-    python -m common.broker [--port 9092] [--data-dir .kafka/data] [--fresh]
+    python -m tools.broker [--port 9092] [--data-dir .kafka/data] [--fresh]
 
 or, from Python:
 
@@ -9,7 +9,7 @@ or, from Python:
         broker.restart()                      # same data, same ports
 
 The jars come from KAFKA_HOME/libs (an unpacked Kafka distribution) when KAFKA_HOME is set, else they are
-resolved once with Maven (common/kafka-runtime.pom.xml) into the git-ignored .cache/ and reused.
+resolved once with Maven (tools/kafka-runtime.pom.xml) into the git-ignored .cache/ and reused.
 The JVM runs in its own process group, watched by a tiny watchdog process that stops it if this Python
 process dies without calling stop() (a killed test run must not leave a broker behind).
 One launcher per data dir: it holds a flock on the folder (shared with its JVM) from start() to stop(),
@@ -55,7 +55,7 @@ _MARKER = ".resolved"
 # The launcher's own state in the data dir: ports and cluster id, so a restart gets the same address.
 _STATE = "launcher.json"
 # Written to the broker log before each start, so an error quotes only that run's lines.
-_BANNER = "===== common.broker: starting"
+_BANNER = "===== tools.broker: starting"
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +416,7 @@ class LocalBroker:
         except OSError:
             os.close(fd)
             raise BrokerError(
-                f"the data dir {self.data_dir} is in use by another common.broker (or its broker is still "
+                f"the data dir {self.data_dir} is in use by another tools.broker (or its broker is still "
                 "stopping). Fix: stop that one first (its Ctrl-C), or pass another --data-dir"
             ) from None
         self._dir_lock = fd
@@ -566,7 +566,7 @@ def _shorten(text: str, limit: int) -> str:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m common.broker",
+        prog="python -m tools.broker",
         description=f"Run a real Apache Kafka {KAFKA_VERSION} broker (KRaft, one node) in the foreground.",
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="client port (default 9092; 0 = any free)")
@@ -616,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{broker.log_tail()}. Fix: see that log"
         )
     except BrokerError as e:
-        print(f"common.broker: error: {e}", file=sys.stderr, flush=True)
+        print(f"tools.broker: error: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         log.info("stopping the broker")
