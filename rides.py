@@ -10,24 +10,17 @@ from __future__ import annotations
 import common.stdlib_email  # noqa: F401  (first: the project's email.py shadows the stdlib `email` package)
 
 # isort: split
-import logging
 import random
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Annotated, NamedTuple
 
-from kafka.errors import KafkaTimeoutError
 from pydantic import Field
 
-from common import city, cli, clients, reachability, schemas, topics
+from common import city, cli, produce, topics
 from common.schemas import Place, RideRequest
 from common.settings import Settings
-from common.shutdown import Shutdown
-
-log = logging.getLogger(__name__)
 
 CUSTOMERS = 5000  # the size of the customer pool: repeat customers, as in a real city
 # About 2 % of requests ask for a pickup or drop-off outside the service area, so that
@@ -121,114 +114,10 @@ class RidesSettings(Settings):
                                                   "start)")] = None
 
 
-class Deliveries:
-    """Counts what the broker acknowledged. Callbacks run on the producer's I/O thread (or at once, on
-    the main thread, when a send has already completed), hence the lock."""
-
-    def __init__(self) -> None:
-        self.requested = 0  # sent
-        self.acknowledged = 0
-        self.failed = 0
-        self.changed = threading.Event()
-        self._lock = threading.Lock()
-        self._final = False
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return self.requested - self.acknowledged - self.failed
-
-    def final(self) -> int:
-        """Stop counting: sends abandoned from now on stay unacknowledged, not failed. Returns how many
-        are unacknowledged."""
-        with self._lock:
-            self._final = True
-            return self.requested - self.acknowledged - self.failed
-
-    def sent(self, ride_id: uuid.UUID, future) -> None:
-        with self._lock:
-            self.requested += 1
-        future.add_callback(self._ok).add_errback(self._failed, ride_id)
-
-    def _ok(self, _metadata) -> None:
-        with self._lock:
-            if self._final:
-                return
-            self.acknowledged += 1
-        self.changed.set()
-
-    def _failed(self, ride_id: uuid.UUID, error: Exception) -> None:
-        with self._lock:
-            if self._final:
-                return
-            self.failed += 1
-        self.changed.set()
-        log.error("ride %s was not acknowledged (%s: %s); it is not counted and another ride replaces it",
-                  ride_id, type(error).__name__, error)
-
-
 def main(argv: list[str] | None = None) -> int:
     settings = cli.load(RidesSettings, argv, __doc__)
     seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**32)
-
-    shutdown = Shutdown.on_signals()
-    clients.ensure_topics(settings, shutdown)
-    producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "rides"), "producer")
-    topic = settings.topic(topics.RIDE_DETAILS)
-    log.info("producing rides to %s: count=%s rate=%s seed=%d", topic, settings.count or "unlimited",
-             f"{settings.rate:g}/s" if settings.rate else "max", seed)
-
-    deliveries = Deliveries()
-    source = rides(seed)
-    started = time.monotonic()
-    last_report = started
-    try:
-        while not shutdown.requested:
-            reachability.check(producer)  # one line when Kafka is lost, one when it is back
-            if time.monotonic() - last_report >= 5:
-                last_report = time.monotonic()
-                log.info("progress: requested=%d acknowledged=%d failed=%d", deliveries.requested,
-                         deliveries.acknowledged, deliveries.failed)
-            if settings.count is not None and deliveries.acknowledged + deliveries.in_flight >= settings.count:
-                if deliveries.in_flight == 0:
-                    break  # count reached: every ride acknowledged
-                # All rides needed are on their way: wait for their acks (a failure reopens the loop).
-                deliveries.changed.clear()
-                if deliveries.in_flight:
-                    deliveries.changed.wait(0.2)
-                continue
-            if deliveries.in_flight >= MAX_IN_FLIGHT:
-                # Kafka is slow or away: wait for acks here, where a stop request is heard, rather than
-                # in send(), which blocks for up to a minute once the producer's buffer is full.
-                deliveries.changed.clear()
-                if deliveries.in_flight >= MAX_IN_FLIGHT:
-                    deliveries.changed.wait(0.2)
-                continue
-            if settings.rate:
-                # Pace against the start time, not the last send, so that the average rate holds.
-                ahead = started + deliveries.requested / settings.rate - time.monotonic()
-                if ahead > 0 and shutdown.sleep(ahead):
-                    break
-            ride = next(source)
-            future = producer.send(topic, key=schemas.ride_key(ride.ride_id), value=schemas.encode(ride))
-            deliveries.sent(ride.ride_id, future)
-    finally:
-        # Stop producing, then give the rides on their way a chance to be acknowledged, within the
-        # 10 s a stop may take (Kafka may be unreachable: then they are abandoned).
-        try:
-            producer.flush(timeout=6)
-        except KafkaTimeoutError:
-            pass
-        unacknowledged = deliveries.final()
-        clients.close_producer(producer, timeout=1)
-        if unacknowledged:
-            log.warning("%d rides unacknowledged at exit: Kafka did not confirm storing them, so they may or may "
-                        "not be in %s; not counted as acknowledged", unacknowledged, topic)
-        elapsed = max(time.monotonic() - started, 1e-9)
-        log.info("summary: requested=%d acknowledged=%d failed=%d unacknowledged=%d rate=%.1f/s seconds=%.2f "
-                 "seed=%d", deliveries.requested, deliveries.acknowledged, deliveries.failed, unacknowledged,
-                 deliveries.acknowledged / elapsed, elapsed, seed)
-    return 0
+    return produce.run(settings, topics.RIDE_DETAILS, rides(seed), settings.count, settings.rate, seed)
 
 
 if __name__ == "__main__":

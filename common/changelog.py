@@ -19,6 +19,7 @@ from common import consume
 from common.clients import ATTEMPT_TIMEOUT_MS, reader
 from common.dead_letters import where
 from common.decided import BadChangelogRecord, DecidedRides, decode_entries, encode_entries, home_partition
+from common.errors import Stopped
 from common.settings import Settings
 from common.shutdown import Shutdown
 
@@ -29,10 +30,6 @@ RESTORE_STALL_S = 30.0
 # How long a restore waits for a transaction left open on the changelog: longer than the transaction
 # timeout (common.clients: 15 s), after which the broker aborts it.
 SETTLE_S = 30.0
-
-
-class Stopped(Exception):
-    """Asked to stop while restoring: nothing was processed yet."""
 
 
 class Changelog(consume.LogAssignment):

@@ -13,6 +13,7 @@ from pydantic import AliasChoices, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import CliSettingsSource
 
+from common.errors import Fatal, Interrupted
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -20,17 +21,9 @@ log = logging.getLogger(__name__)
 S = TypeVar("S", bound=Settings)
 
 
-class Fatal(Exception):
-    """The script cannot do its job; the message is the one line the user sees, with what to do."""
-
-
-class Interrupted(Exception):
-    """Asked to stop (SIGINT/SIGTERM) before there was any work to finish: a clean exit."""
-
-
 def parser(description: str | None) -> argparse.ArgumentParser:
-    """Settings' flags in a parser of your own, each None unless given: tools/dlq.py's shared flags, until it
-    uses load()."""
+    """Settings' flags in a parser of your own, each None unless given: the shared flags of tools/dlq.py's
+    subcommands (which then hands them to load())."""
     p = argparse.ArgumentParser(description=description)
     CliSettingsSource(Settings, root_parser=p, add_argument_method=_flag_adder(Settings), cli_kebab_case=True)
     p.set_defaults(**dict.fromkeys(Settings.model_fields))
@@ -41,8 +34,6 @@ def load(settings_cls: type[S], argv: Sequence[str] | None = None, doc: str | No
     """Parse the flags generated from settings_cls' fields and build the one settings object (flag >
     environment > .env > default). `doc`'s first paragraph describes the script in --help. A bad value,
     from any of them, prints usage and one line and exits 2."""
-    if isinstance(argv, argparse.ArgumentParser):  # the old load(cls, parser, argv), for tools/dlq.py until it moves
-        argv, doc = doc, None  # type: ignore[assignment]
     p = argparse.ArgumentParser(description=(doc or "").strip().split("\n\n")[0])
     flags = CliSettingsSource(settings_cls, root_parser=p, add_argument_method=_flag_adder(settings_cls),
                               cli_kebab_case=True,  # --bootstrap-servers, not --bootstrap_servers

@@ -17,7 +17,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.producer.future import FutureRecordMetadata
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from common.cli import Fatal
+from common.errors import Fatal
 from common.topics import dead_letter_topic
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,8 @@ from uuid import UUID
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from common.errors import PoisonRecord
+
 SCHEMA_VERSION = 1
 
 Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
@@ -119,10 +121,6 @@ class RideRejected(Message):
     reason: Annotated[str, Field(min_length=1, max_length=500)]
     rejected_at: Timestamp
     request: RideRequest
-
-
-class PoisonRecord(ValueError):
-    """A record that can never be processed: it goes to the dead-letter topic with this reason."""
 
 
 M = TypeVar("M", bound=Message)

@@ -9,10 +9,13 @@ SMTP_*). Nothing else in the project reads os.environ.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.topics import decided_topic
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
 
@@ -58,3 +61,36 @@ class ConsumerSettings(Settings):
     """What every consuming script needs on top: its consumer group (a subclass gives the default)."""
 
     group_id: GroupId
+
+
+class TransformSettings(ConsumerSettings):
+    """A consume-transform-produce script's (common.transform): its guarantee, its instance, and how long a
+    decided ride_id is remembered."""
+
+    guarantee: Literal["exactly-once", "at-least-once"] = Field(
+        "exactly-once", description="exactly-once: Kafka transactions; at-least-once: flush, then commit (faster; "
+                                    "a crash may publish a batch twice)")
+    dedup_hours: float = Field(24.0, gt=0, le=24 * 30, json_schema_extra={"metavar": "H"},
+                               description="how long a decided ride_id is remembered; a request repeated later is "
+                                           "decided again")
+    instance: str = Field("0", min_length=1, max_length=50, pattern=r"^[A-Za-z0-9._-]+$",
+                          json_schema_extra={"metavar": "ID"},
+                          description="this instance's name, unique among running instances: the "
+                                      "transactional.id is <topic prefix><group id>-<ID>; two instances with the "
+                                      "same ID fence each other")
+
+    @model_validator(mode="after")
+    def _changelog_name_is_a_topic_name(self) -> TransformSettings:
+        name = self.topic(decided_topic(self.group_id))  # the group names the changelog of decided rides
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name):
+            raise ValueError(f"with this --group-id and --topic-prefix the changelog topic would be {name[:80]!r}: "
+                             f"a topic name has at most 249 of A-Z a-z 0-9 . _ -")
+        return self
+
+    @property
+    def dedup_window_ms(self) -> int:
+        return round(self.dedup_hours * 3_600_000)
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.topic_prefix}{self.group_id}-{self.instance}"

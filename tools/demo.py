@@ -38,6 +38,7 @@ sys.path.append(str(PROJECT_ROOT))
 from kafka.errors import KafkaError  # noqa: E402
 
 from common import cli  # noqa: E402
+from common.stats import load_state  # noqa: E402
 from tools.broker import BrokerError, LocalBroker, metadata_ok, port_is_free, wait_until_ready  # noqa: E402
 
 DEFAULT_HOST, DEFAULT_PORT = "localhost", 9092
@@ -301,12 +302,11 @@ class Progress:
     def analysed(self) -> int:
         import sqlite3
 
-        import analysis
 
         if not self.state.exists():
             return 0
         try:
-            return analysis.load_state(self.state)[0].all.rides
+            return load_state(self.state)[0].all.rides
         except sqlite3.Error:
             return 0  # being created right now
 

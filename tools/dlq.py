@@ -503,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shared = cli.parser(None)
     names = vars(shared.parse_args([])).keys()
     shared_argv = [f"--{n.replace('_', '-')}={getattr(args, n)}" for n in names if getattr(args, n) is not None]
-    settings = cli.load(Settings, shared, shared_argv)
+    settings = cli.load(Settings, shared_argv)
     shutdown = Shutdown.on_signals()
     run = {"list": list_command, "replay": replay_command, "show": show_command}[args.command]
     return run(settings, args, shutdown)

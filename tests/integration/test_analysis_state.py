@@ -13,6 +13,7 @@ import pytest
 import analysis
 from common import clients, topics
 from common.settings import Settings
+from common.stats import load_state
 from tests.integration.pipeline import Script, parse_summary, produce_raw, unique_prefix, wait_until
 from tests.integration.test_consumers import as_records, confirmed_rides
 
@@ -37,7 +38,7 @@ class Analysis:
         settings = Settings(bootstrap_servers=self.bootstrap, topic_prefix=prefix or self.prefix)
         admin = clients.admin(settings)
         try:  # the pipeline's own partition counts, as analysis.py would create them
-            topics.ensure_topics(admin, settings,
+            clients.create_topics(admin, settings,
                                  [topics.RIDE_CONFIRMED, topics.dead_letter_topic(topics.RIDE_CONFIRMED)])
         finally:
             admin.close()
@@ -45,7 +46,7 @@ class Analysis:
 
     def analysed(self) -> int:
         try:
-            return analysis.load_state(self.state)[0].all.rides
+            return load_state(self.state)[0].all.rides
         except sqlite3.Error:  # not created yet
             return 0
 
@@ -80,7 +81,7 @@ def test_a_confirmation_from_the_far_future_erases_no_real_minute(run):
     with run.script() as analyser:
         run.wait_analysed(31)
         analyser.stop()
-    stats = analysis.load_state(run.state)[0]
+    stats = load_state(run.state)[0]
     expected = {}
     for r in real:
         expected[analysis.minute_of(r)] = expected.get(analysis.minute_of(r), 0) + 1

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from analysis import load_state
 from common import topics
+from common.stats import load_state
 from common.topics import PARTITIONS
 from tests.integration.pipeline import Script, keys, parse_summary, read_all, unique_prefix, wait_until
 

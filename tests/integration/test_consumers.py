@@ -21,9 +21,10 @@ from kafka import KafkaConsumer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 import analysis
-from common import clients, schemas, topics
+from common import clients, schemas, stores, topics
 from common.dead_letters import GROUP, REASON, SOURCE_TOPIC
 from common.settings import Settings
+from common.stats import Stats, load_state
 from tests.integration.pipeline import Script, header, parse_summary, produce_raw, read_until, unique_prefix, wait_until
 from tests.unit.test_email import fake_smtp_server, load_email_script
 from tools.broker import free_port
@@ -70,7 +71,7 @@ class Run:
         self.logs.mkdir()
         admin = clients.admin(Settings(bootstrap_servers=bootstrap))
         try:  # the pipeline's own partition counts, as the scripts would create them
-            topics.ensure_topics(admin, Settings(bootstrap_servers=bootstrap, topic_prefix=self.prefix),
+            clients.create_topics(admin, Settings(bootstrap_servers=bootstrap, topic_prefix=self.prefix),
                                  [topics.RIDE_CONFIRMED, topics.dead_letter_topic(topics.RIDE_CONFIRMED)])
         finally:
             admin.close()
@@ -92,18 +93,18 @@ class Run:
 
     def ledger_rows(self) -> dict[str, str]:
         try:
-            return em.read_ledger(self.ledger)
+            return stores.read_ledger(self.ledger)
         except sqlite3.Error:  # not created yet, or created a moment ago and its table not yet
             return {}
 
     def analysed(self) -> int:
         try:
-            return analysis.load_state(self.state)[0].all.rides
+            return load_state(self.state)[0].all.rides
         except sqlite3.Error:
             return 0
 
     def wait_emailed(self, n: int, timeout: float = 90) -> None:
-        wait_until(lambda: sum(s == em.SENT for s in self.ledger_rows().values()) >= n, timeout,
+        wait_until(lambda: sum(s == stores.SENT for s in self.ledger_rows().values()) >= n, timeout,
                    f"{n} rides emailed (ledger: {len(self.ledger_rows())} rows)")
 
     def wait_analysed(self, n: int, timeout: float = 90) -> None:
@@ -118,7 +119,7 @@ def run(kafka_bootstrap, tmp_path) -> Run:
 def assert_one_email_per_ride(run: Run, rides) -> None:
     emails = run.emails()
     assert sorted(emails) == sorted(str(r.ride_id) for r in rides)
-    assert run.ledger_rows() == {str(r.ride_id): em.SENT for r in rides}
+    assert run.ledger_rows() == {str(r.ride_id): stores.SENT for r in rides}
     for r in rides[:: max(1, len(rides) // 20)]:  # a sample: the right email in the right file
         parsed = message_from_bytes(emails[str(r.ride_id)], policy=policy.default)
         assert parsed["To"] == r.customer_email
@@ -150,11 +151,11 @@ def test_fan_out_both_groups_get_every_confirmed_ride(run):
         analyser.stop()
     assert_one_email_per_ride(run, rides)
     assert parse_summary(email.log()) == {"emailed": 300, "resent": 0, "duplicates_skipped": 0, "dead_lettered": 0}
-    expected = analysis.Stats()
+    expected = Stats()
     for r in rides:
         analysis.fold(expected, r)
     # Rides per minute follow the wall clock: these rides of T0 are older than the day analysis.py keeps.
-    assert analysis.load_state(run.state)[0] == analysis.prune(expected, now=datetime.now(timezone.utc))
+    assert load_state(run.state)[0] == analysis.prune(expected, now=datetime.now(timezone.utc))
     summary = parse_summary(analyser.log())
     assert summary["total"] == 300 and summary["zones"] == len({r.pickup.zone for r in rides})
     assert "confirmed rides: 300" in analyser.stdout()
@@ -220,7 +221,7 @@ def test_kill_9_mid_stream_analysis_stays_exact_and_email_sends_each_ride_once(r
             analyser.stop()
     finally:
         producer.join(timeout=120)
-    stats, offsets = analysis.load_state(run.state)
+    stats, offsets = load_state(run.state)
     assert stats.all.rides == len(rides)
     assert sum(t.rides for t in stats.zones.values()) == len(rides)
     assert sum(offsets.values()) == len(rides)  # every offset of every partition, each counted once
@@ -259,7 +260,7 @@ def test_poison_goes_to_the_dead_letter_topic_and_later_rides_still_count(run):
         email.stop()
         analyser.stop()
     assert_one_email_per_ride(run, before + after)
-    assert analysis.load_state(run.state)[0].dead_lettered == len(poison)
+    assert load_state(run.state)[0].dead_lettered == len(poison)
     assert parse_summary(email.log())["dead_lettered"] == len(poison)
     assert parse_summary(analyser.log())["dead_lettered"] == len(poison)
     by_group: dict[str, list] = {}
@@ -297,7 +298,7 @@ def test_smtp_down_stops_without_committing_then_every_ride_is_sent_once_it_is_b
     errors = [line for line in email.log().splitlines() if " ERROR " in line]
     assert code == 1 and len(errors) == 1 and "without committing" in errors[0], email.log()
     assert "Traceback" not in email.log()
-    assert list(run.ledger_rows().values()) == [em.SENDING]  # the ride it was trying: 'maybe sent'
+    assert list(run.ledger_rows().values()) == [stores.SENDING]  # the ride it was trying: 'maybe sent'
 
     with fake_smtp_server() as smtp_server:
         up = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_server.server_address[1])}

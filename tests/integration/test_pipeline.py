@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from email import message_from_bytes
 
-from analysis import load_state
+from common.stats import load_state
 from tests.integration.pipeline import Script, keys, parse_summary, read_all, unique_prefix, wait_until
 
 RIDES = 500

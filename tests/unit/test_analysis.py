@@ -1,8 +1,6 @@
 """analysis.py without a broker: folding statistics, the table, the saved state and how it resumes."""
 
 import random
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from uuid import uuid4
@@ -14,7 +12,8 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 import analysis
-from common import cli, schemas
+from common import apply, clients, schemas, stores
+from common.shutdown import Shutdown
 from tests.unit.strategies import ride_confirmations
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
@@ -119,127 +118,18 @@ def test_render_does_not_average_fares_of_different_currencies():
 def test_summary_line_format():
     stats = fold_all([ride(eta=5.0, fare="10.00"), ride("Kreuzberg", eta=6.0, fare="11.00")])
     stats.dead_lettered = 1
-    assert analysis.summary(stats) == "summary: total=2 zones=2 mean_eta_min=5.50 mean_fare=10.50 dead_lettered=1"
-    assert analysis.summary(analysis.Stats()) == "summary: total=0 zones=0 mean_eta_min=- mean_fare=- dead_lettered=0"
+    assert analysis.summary(stats) == "total=2 zones=2 mean_eta_min=5.50 mean_fare=10.50 dead_lettered=1"
+    assert analysis.summary(analysis.Stats()) == "total=0 zones=0 mean_eta_min=- mean_fare=- dead_lettered=0"
 
 
 # --------------------------------------------------------------------------------------- saved state
+# (the state file itself: tests/unit/test_stores.py; resuming from it: tests/unit/test_apply.py)
 
 TP0, TP1 = TopicPartition("p.ride_confirmed", 0), TopicPartition("p.ride_confirmed", 1)
 
 
-def test_state_round_trip_and_reopen(tmp_path):
-    path = tmp_path / "analysis.db"
-    state = analysis.State(path)
-    assert state.load() == (analysis.Stats(), {})
-    stats = fold_all([ride(), ride("Kreuzberg")])
-    state.save(stats, {TP0: 5, TP1: 2})
-    state.save(fold_all([ride(), ride("Kreuzberg"), ride()]), {TP0: 6})
-    state.close()
-    loaded, offsets = analysis.load_state(path)
-    assert loaded.all.rides == 3
-    assert offsets == {TP0: 6, TP1: 2}
-    reopened = analysis.State(path)
-    assert reopened.load() == (loaded, offsets)
-    reopened.close()
-
-
-def test_a_save_that_fails_half_way_leaves_the_previous_statistics_and_offsets(tmp_path):
-    state = analysis.State(tmp_path / "analysis.db")
-    state.save(fold_all([ride()]), {TP0: 1})
-    with pytest.raises(Exception):  # noqa: B017 - the point is what is left behind, whatever the error
-        state.save(fold_all([ride(), ride()]), {TP0: 2, TP1: None})  # the offsets' NOT NULL fails last
-    stats, offsets = state.load()
-    assert stats.all.rides == 1 and offsets == {TP0: 1}
-    state.close()
-
-
-def test_a_second_instance_on_the_same_state_file_is_refused(tmp_path):
-    first = analysis.State(tmp_path / "analysis.db")
-    try:
-        with pytest.raises(cli.Fatal, match="another analysis.py is using"):
-            analysis.State(tmp_path / "analysis.db")
-    finally:
-        first.close()
-    analysis.State(tmp_path / "analysis.db").close()  # free again once the first has closed
-
-
-def test_the_lock_is_the_state_file_itself_so_deleting_any_other_file_frees_nothing(tmp_path):
-    first = analysis.State(tmp_path / "analysis.db")
-    try:
-        first.save(fold_all([ride()]), {TP0: 1})
-        for other in tmp_path.iterdir():  # a .lock file, the WAL, its index: whatever sits beside it
-            if other.name != "analysis.db":
-                other.unlink()
-        with pytest.raises(cli.Fatal, match="another analysis.py is using"):
-            analysis.State(tmp_path / "analysis.db")
-    finally:
-        first.close()
-
-
-# Another process reading the state with SQLite alone, as load_state() does.
-READ_RIDES = """import json, sqlite3, sys
-db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
-print(json.loads(db.execute("SELECT json FROM stats").fetchone()[0])["all"]["rides"])
-"""
-
-
-def test_the_lock_leaves_sqlite_alone(tmp_path):
-    # flock() and SQLite's own POSIX (fcntl) locks are independent on Linux: while the state is locked,
-    # its owner keeps saving and another process can still read it (tests and the demo do).
-    path = tmp_path / "analysis.db"
-    state = analysis.State(path)
-    try:
-        for n in range(1, 4):
-            state.save(fold_all([ride()] * n), {TP0: n})
-            out = subprocess.run([sys.executable, "-c", READ_RIDES, str(path)], capture_output=True, text=True,
-                                 timeout=60)
-            assert out.stdout.strip() == str(n), out.stderr
-    finally:
-        state.close()
-
-
-SOURCE = ("p.ride_confirmed", "id-1", "p.analysis")
-
-
-def test_a_state_is_bound_to_one_topic_name_topic_id_and_group(tmp_path):
-    state = analysis.State(tmp_path / "analysis.db")
-    try:
-        state.bind(*SOURCE)
-        state.bind(*SOURCE)  # the same source: fine
-        for other, what in [(("q.ride_confirmed", "id-1", "p.analysis"), "topic q.ride_confirmed"),
-                            (("p.ride_confirmed", "id-3", "p.analysis"), "topic id id-3"),
-                            (("p.ride_confirmed", "id-1", "other"), "group other")]:
-            with pytest.raises(cli.Fatal) as e:
-                state.bind(*other)
-            message = str(e.value)
-            assert "\n" not in message and what in message
-            assert "p.ride_confirmed" in message and "delete the file or pass another --state" in message
-    finally:
-        state.close()
-
-
-def test_a_state_that_counted_another_topic_before_it_was_bound_is_refused(tmp_path):
-    state = analysis.State(tmp_path / "analysis.db")
-    try:
-        state.save(fold_all([ride()]), {TopicPartition("old.ride_confirmed", 0): 1})
-        with pytest.raises(cli.Fatal, match="old.ride_confirmed"):
-            state.bind(*SOURCE)
-    finally:
-        state.close()
-
-
 def record(partition: int, offset: int) -> ConsumerRecord:
     return ConsumerRecord("p.ride_confirmed", partition, -1, offset, 0, 0, b"k", b"v", [], None, -1, -1, -1)
-
-
-def test_records_the_saved_state_already_counts_are_skipped():
-    batch = [record(0, 3), record(0, 4), record(0, 5), record(1, 0)]
-    assert [(r.partition, r.offset) for r in analysis.unseen(batch, {TP0: 5})] == [(0, 5), (1, 0)]
-
-
-def test_saved_offsets_never_go_backwards():
-    assert analysis.advance({TP0: 10}, [record(0, 3), record(1, 7)]) == {TP0: 10, TP1: 8}
 
 
 class FakeConsumer:
@@ -255,7 +145,7 @@ class FakeConsumer:
 
 
 def test_assigned_partitions_resume_from_the_saved_offsets_or_the_beginning():
-    listener = analysis.ResumeFromState({TP0: 42})
+    listener = apply.ResumeFromStore({TP0: 42})
     listener.consumer = FakeConsumer()
     listener.on_partitions_assigned({TP0, TP1})
     assert listener.consumer.seeks == {TP0: 42, TP1: "beginning"}
@@ -267,9 +157,9 @@ def test_a_replay_of_everything_folds_nothing_twice(tmp_path):
     records = [record(0, i) for i in range(20)]
     stats, saved = analysis.Stats(), {}
     for batch in (records[:8], records[:15], records, records[5:]):  # overlapping, as replays are
-        for r in analysis.unseen(batch, saved):
+        for r in apply.unseen(batch, saved):
             analysis.fold(stats, rides[r.offset])
-        saved.update(analysis.advance(saved, batch))
+        saved.update(apply.advance(saved, batch))
     assert stats == fold_all(rides)
 
 
@@ -354,13 +244,13 @@ def test_the_start_up_admin_calls_survive_a_broker_that_drops_the_connection(tmp
     def producer(*_args, **_kwargs):
         raise Stop  # got past the admin block: that is all this test needs
 
-    monkeypatch.setattr(analysis.clients, "admin", lambda settings: FlakyAdmin())
-    monkeypatch.setattr(analysis.clients, "producer", producer)
-    monkeypatch.setattr(analysis.Shutdown, "on_signals", classmethod(lambda cls: cls()))
+    monkeypatch.setattr(clients, "admin", lambda settings: FlakyAdmin())
+    monkeypatch.setattr(clients, "producer", producer)
+    monkeypatch.setattr(Shutdown, "on_signals", classmethod(lambda cls: cls()))
     with pytest.raises(Stop):
         analysis.main(["--state", str(tmp_path / "analysis.db"), "--topic-prefix", "p.", "--wait", "10"])
     assert len(calls) == 2
-    assert analysis.load_state(tmp_path / "analysis.db") == (analysis.Stats(), {})
+    assert stores.load_state(tmp_path / "analysis.db") == (None, {})
 
 
 def test_a_ride_that_cannot_be_counted_is_refused_whole_and_changes_nothing():

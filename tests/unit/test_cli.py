@@ -59,9 +59,9 @@ FLAGS = {
     "rides.py": SHARED + ["--count N", "--rate R", "--seed S"],
     "transaction.py": SHARED + ["--group-id GROUP_ID", "--guarantee {exactly-once,at-least-once}",
                                 "--dedup-hours H", "--instance ID"],
-    "email.py": SHARED + ["--group-id GROUP_ID", "--outbox DIR", "--ledger PATH", "--smtp-host SMTP_HOST",
-                          "--smtp-port SMTP_PORT", "--smtp-user SMTP_USER", "--smtp-password SMTP_PASSWORD",
-                          "--smtp-from ADDRESS", "--smtp-allow-plain-login"],
+    "email.py": SHARED + ["--group-id GROUP_ID", "--smtp-host SMTP_HOST", "--smtp-port SMTP_PORT",
+                          "--smtp-user SMTP_USER", "--smtp-password SMTP_PASSWORD", "--smtp-from ADDRESS",
+                          "--smtp-allow-plain-login", "--outbox DIR", "--ledger PATH"],
     "analysis.py": SHARED + ["--group-id GROUP_ID", "--state PATH", "--every SECONDS", "--minutes N"],
 }
 

@@ -8,6 +8,7 @@ from hypothesis import given
 from kafka.consumer.fetcher import ConsumerRecord
 
 import transaction
+from common import transform
 from common.changelog import Changelog
 from common.decided import BadChangelogRecord, DecidedRides, decode_entries, encode_entries, home_partition
 from common.schemas import Place
@@ -79,7 +80,7 @@ def test_a_retry_stamped_later_or_naming_zones_otherwise_is_the_same_request():
         "requested_at": NOW + timedelta(minutes=3),
         "pickup": first.pickup.model_copy(update={"zone": "somewhere the client calls it"})})
     assert transaction.fingerprint(retry) == transaction.fingerprint(first)
-    assert transaction.repeat_reason(retry, transaction.fingerprint(first), transaction.fingerprint(retry)) is None
+    assert transform.repeat_reason(retry, transaction.fingerprint(first), transaction.fingerprint(retry)) is None
 
 
 @pytest.mark.parametrize("change", [
@@ -92,7 +93,7 @@ def test_a_retry_stamped_later_or_naming_zones_otherwise_is_the_same_request():
 def test_anything_else_changed_is_another_request_and_is_refused_with_its_reason(change):
     first = request()
     other = first.model_copy(update=change)
-    reason = transaction.repeat_reason(other, transaction.fingerprint(first), transaction.fingerprint(other))
+    reason = transform.repeat_reason(other, transaction.fingerprint(first), transaction.fingerprint(other))
     assert reason and str(first.ride_id) in reason and "already decided" in reason
 
 

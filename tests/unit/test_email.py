@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.future import Future
 
-from common import cli, schemas
+from common import apply, cli, mail, schemas, stores
 from common.dead_letters import REASON, DeadLetters
+from common.errors import Stopped
 from tests.unit.strategies import ride_confirmations
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +72,7 @@ class FakeProducer:
         return Future().success(None)
 
 
-class CountingOutbox(em.Outbox):
+class CountingOutbox(mail.Outbox):
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
         self.deliveries: list[UUID] = []
@@ -85,15 +86,32 @@ def no_sleep(_seconds: float) -> bool:
     return False
 
 
+class Mailer:
+    """email.py's store under the loop's per-record rule (common.apply.Applier), as email.py runs them, with
+    a fake producer for the dead letters."""
+
+    def __init__(self, directory: Path, transport=None) -> None:
+        self.store = em.Emails(em.EmailSettings(group_id="email", outbox=directory), no_sleep)
+        if transport is not None:
+            self.store.transport = transport
+        self.producer = FakeProducer()
+        self.stops = iter(())
+        self.applier = apply.Applier(schemas.RideConfirmed, self.store, DeadLetters(self.producer, "email"),
+                                     lambda: next(self.stops, False))
+        self.ledger, self.transport, self.tally = self.store.ledger, self.store.transport, self.applier.tally
+
+    def handle(self, record: ConsumerRecord) -> None:
+        self.applier.handle(record)
+
+    def close(self) -> None:
+        self.store.close()
+
+
 @pytest.fixture
 def mailer(tmp_path):
-    ledger = em.Ledger(tmp_path / "outbox" / em.LEDGER_NAME, "email")
-    producer = FakeProducer()
-    m = em.Mailer(ledger, CountingOutbox(tmp_path / "outbox"), DeadLetters(producer, "email"), em.DEFAULT_FROM,
-                  no_sleep)
-    m.producer = producer
+    m = Mailer(tmp_path / "outbox", CountingOutbox(tmp_path / "outbox"))
     yield m
-    ledger.close()
+    m.close()
 
 
 def emails_in(directory: Path) -> list[Path]:
@@ -152,28 +170,28 @@ def test_every_valid_ride_renders_to_an_email_that_parses_back(r):
 
 
 def test_the_eml_file_is_named_after_the_ride():
-    assert em.eml_name(RIDE_ID) == f"{RIDE_ID}.eml"
+    assert mail.eml_name(RIDE_ID) == f"{RIDE_ID}.eml"
 
 
 def test_write_atomically_replaces_the_file_and_leaves_no_temporary_files(tmp_path):
     path = tmp_path / "a.eml"
-    em.write_atomically(path, b"first")
-    em.write_atomically(path, b"second")
+    mail.write_atomically(path, b"first")
+    mail.write_atomically(path, b"second")
     assert path.read_bytes() == b"second"
     assert [p.name for p in tmp_path.iterdir()] == ["a.eml"]
 
 
 def test_a_failed_write_keeps_the_old_file_whole_and_cleans_up(tmp_path):
     path = tmp_path / "a.eml"
-    em.write_atomically(path, b"first")
+    mail.write_atomically(path, b"first")
     with pytest.raises(TypeError):
-        em.write_atomically(path, "not bytes")  # fails half-way, after the temporary file exists
+        mail.write_atomically(path, "not bytes")  # fails half-way, after the temporary file exists
     assert path.read_bytes() == b"first"
     assert [p.name for p in tmp_path.iterdir()] == ["a.eml"]
 
 
 def test_the_outbox_holds_one_readable_eml_per_ride(tmp_path):
-    outbox = em.Outbox(tmp_path / "out")
+    outbox = mail.Outbox(tmp_path / "out")
     where = outbox.deliver(em.render(ride()), RIDE_ID)
     assert Path(where) == tmp_path / "out" / f"{RIDE_ID}.eml"
     parsed = message_from_bytes(Path(where).read_bytes(), policy=email.policy.default)
@@ -185,26 +203,26 @@ def test_the_outbox_holds_one_readable_eml_per_ride(tmp_path):
 
 def test_the_ledger_goes_from_nothing_to_sending_to_sent_and_survives_a_reopen(tmp_path):
     path = tmp_path / "ledger.sqlite3"
-    ledger = em.Ledger(path, "email")
+    ledger = stores.Ledger(path, "email")
     assert ledger.status(RIDE_ID) is None
     ledger.sending(RIDE_ID, "<m>")
-    assert ledger.status(RIDE_ID) == em.SENDING
+    assert ledger.status(RIDE_ID) == stores.SENDING
     ledger.sent(RIDE_ID, "<m>")
     ledger.close()
-    reopened = em.Ledger(path, "email")
-    assert reopened.status(RIDE_ID) == em.SENT
+    reopened = stores.Ledger(path, "email")
+    assert reopened.status(RIDE_ID) == stores.SENT
     reopened.forget(RIDE_ID)
     assert reopened.status(RIDE_ID) is None
     reopened.close()
 
 
 def test_read_ledger_lists_every_ride_and_its_status(tmp_path):
-    ledger = em.Ledger(tmp_path / "l.sqlite3", "email")
+    ledger = stores.Ledger(tmp_path / "l.sqlite3", "email")
     a, b = uuid4(), uuid4()
     ledger.sending(a, "<a>")
     ledger.sent(b, "<b>")
     ledger.close()
-    assert em.read_ledger(tmp_path / "l.sqlite3") == {str(a): em.SENDING, str(b): em.SENT}
+    assert stores.read_ledger(tmp_path / "l.sqlite3") == {str(a): stores.SENDING, str(b): stores.SENT}
 
 
 # ------------------------------------------------------------------------------- mailer: the guarantee
@@ -213,8 +231,8 @@ def test_read_ledger_lists_every_ride_and_its_status(tmp_path):
 def test_a_ride_is_emailed_once_and_recorded_as_sent(mailer, tmp_path):
     mailer.handle(record_of(ride()))
     assert [p.name for p in emails_in(tmp_path / "outbox")] == [f"{RIDE_ID}.eml"]
-    assert mailer.ledger.status(RIDE_ID) == em.SENT
-    assert mailer.counts.summary() == "summary: emailed=1 resent=0 duplicates_skipped=0 dead_lettered=0"
+    assert mailer.ledger.status(RIDE_ID) == stores.SENT
+    assert mailer.tally.line(*em.SUMMARY) == "emailed=1 resent=0 duplicates_skipped=0 dead_lettered=0"
 
 
 def test_a_replayed_ride_is_skipped_not_emailed_again(mailer, tmp_path):
@@ -223,7 +241,7 @@ def test_a_replayed_ride_is_skipped_not_emailed_again(mailer, tmp_path):
     mailer.handle(record_of(ride(), offset=7))  # a duplicate upstream (transaction.py at-least-once)
     assert mailer.transport.deliveries == [RIDE_ID]
     assert len(emails_in(tmp_path / "outbox")) == 1
-    assert (mailer.counts.emailed, mailer.counts.duplicates_skipped) == (1, 2)
+    assert (mailer.tally["emailed"], mailer.tally["duplicates_skipped"]) == (1, 2)
 
 
 def test_crash_window_before_the_write_a_sending_ride_is_delivered_on_replay(mailer, tmp_path):
@@ -231,21 +249,21 @@ def test_crash_window_before_the_write_a_sending_ride_is_delivered_on_replay(mai
     mailer.ledger.sending(RIDE_ID, em.message_id(RIDE_ID, em.DEFAULT_FROM))
     mailer.handle(record_of(ride()))
     assert [p.name for p in emails_in(tmp_path / "outbox")] == [f"{RIDE_ID}.eml"]
-    assert mailer.ledger.status(RIDE_ID) == em.SENT
-    assert (mailer.counts.emailed, mailer.counts.resent) == (1, 1)
+    assert mailer.ledger.status(RIDE_ID) == stores.SENT
+    assert (mailer.tally["emailed"], mailer.tally["resent"]) == (1, 1)
 
 
 def test_crash_window_after_the_write_the_resend_replaces_the_same_file_with_the_same_email(mailer, tmp_path):
     # A crash after the email was written and before the ledger said 'sent': the replay sends it again,
     # with the same Message-ID, into the same file: still exactly one email for the ride.
-    first = em.Outbox(tmp_path / "outbox").deliver(em.render(ride()), RIDE_ID)
+    first = mail.Outbox(tmp_path / "outbox").deliver(em.render(ride()), RIDE_ID)
     before = Path(first).read_bytes()
     mailer.ledger.sending(RIDE_ID, em.message_id(RIDE_ID, em.DEFAULT_FROM))
     mailer.handle(record_of(ride()))
     assert emails_in(tmp_path / "outbox") == [Path(first)]
     assert Path(first).read_bytes() == before
-    assert mailer.ledger.status(RIDE_ID) == em.SENT
-    assert mailer.counts.resent == 1
+    assert mailer.ledger.status(RIDE_ID) == stores.SENT
+    assert mailer.tally["resent"] == 1
     mailer.handle(record_of(ride()))  # and once 'sent', never again
     assert mailer.transport.deliveries == [RIDE_ID]
 
@@ -257,12 +275,12 @@ def test_a_poison_record_is_dead_lettered_with_its_reason_and_not_emailed(mailer
     assert (topic, key, value) == ("p.ride_confirmed.dlq", b"k", b"{not json")
     assert "invalid" in dict(headers)[REASON].decode()
     assert len(emails_in(tmp_path / "outbox")) == 1
-    assert mailer.counts.dead_lettered == 1
+    assert mailer.tally["dead_lettered"] == 1
 
 
 def test_a_key_that_is_not_the_ride_id_is_poison(mailer):
     mailer.handle(record(schemas.encode(ride()), b"someone-else"))
-    assert mailer.counts.dead_lettered == 1 and mailer.counts.emailed == 0
+    assert mailer.tally["dead_lettered"] == 1 and mailer.tally["emailed"] == 0
 
 
 def test_a_recipient_refused_for_good_is_dead_lettered_and_forgotten_by_the_ledger(mailer):
@@ -271,16 +289,16 @@ def test_a_recipient_refused_for_good_is_dead_lettered_and_forgotten_by_the_ledg
 
     mailer.transport.deliver = refuse
     mailer.handle(record_of(ride()))
-    assert mailer.counts.dead_lettered == 1
+    assert mailer.tally["dead_lettered"] == 1
     assert "refused" in dict(mailer.producer.sent[0][3])[REASON].decode()
     assert mailer.ledger.status(RIDE_ID) is None  # a replay from the dead-letter topic emails it
 
 
-def test_handle_batch_stops_between_records_when_asked(mailer):
+def test_a_batch_stops_between_records_when_asked(mailer):
     records = [record_of(ride(uuid4()), offset=i) for i in range(5)]
-    stops = iter([False, False, True])
-    assert mailer.handle_batch(records, lambda: next(stops)) == 2
-    assert mailer.counts.emailed == 2
+    mailer.stops = iter([False, False, True])
+    assert mailer.applier.apply(records) == (2, [])
+    assert mailer.tally["emailed"] == 2
 
 
 # ------------------------------------------------------------------------------------------ retrying
@@ -295,7 +313,7 @@ def test_delivery_is_retried_with_backoff_then_succeeds():
             raise smtplib.SMTPServerDisconnected("gone")
         return "smtp://x"
 
-    result = em.deliver_with_retries(flaky, em.render(ride()), RIDE_ID, lambda s: sleeps.append(s) or False)
+    result = mail.deliver_with_retries(flaky, em.render(ride()), RIDE_ID, lambda s: sleeps.append(s) or False)
     assert result == "smtp://x"
     assert sleeps == [1.0, 2.0]
 
@@ -305,7 +323,7 @@ def test_delivery_that_keeps_failing_stops_the_script_with_one_line():
         raise ConnectionRefusedError("connection refused")
 
     with pytest.raises(cli.Fatal) as e:
-        em.deliver_with_retries(down, em.render(ride()), RIDE_ID, no_sleep, attempts=3)
+        mail.deliver_with_retries(down, em.render(ride()), RIDE_ID, no_sleep, attempts=3)
     assert "\n" not in str(e.value)
     assert "after 3 attempts" in str(e.value) and "without committing" in str(e.value)
 
@@ -314,8 +332,8 @@ def test_a_stop_request_while_waiting_to_retry_ends_the_batch():
     def down(message, ride_id):
         raise OSError("unreachable")
 
-    with pytest.raises(em.Stopped):
-        em.deliver_with_retries(down, em.render(ride()), RIDE_ID, lambda s: True)
+    with pytest.raises(Stopped):
+        mail.deliver_with_retries(down, em.render(ride()), RIDE_ID, lambda s: True)
 
 
 def test_a_temporary_recipient_refusal_is_retried_not_dead_lettered():
@@ -327,7 +345,7 @@ def test_a_temporary_recipient_refusal_is_retried_not_dead_lettered():
             raise smtplib.SMTPRecipientsRefused({"ada@example.com": (450, b"try later")})
         return "smtp://x"
 
-    assert em.deliver_with_retries(greylisted, em.render(ride()), RIDE_ID, no_sleep) == "smtp://x"
+    assert mail.deliver_with_retries(greylisted, em.render(ride()), RIDE_ID, no_sleep) == "smtp://x"
 
 
 # -------------------------------------------------------------------------------------- SMTP delivery
@@ -401,7 +419,7 @@ def smtp_server():
 def test_smtp_delivery_sends_the_rendered_email(smtp_server):
     port = smtp_server.server_address[1]
     s = em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=port)
-    smtp = em.Smtp(s)
+    smtp = mail.Smtp(s)
     try:
         assert smtp.deliver(em.render(ride()), RIDE_ID) == f"smtp://127.0.0.1:{port}"
         smtp.deliver(em.render(ride(uuid4())), RIDE_ID)  # over the same connection
@@ -479,7 +497,7 @@ def test_recipients_are_read_as_a_mail_client_reads_the_written_header(to, read)
     # What render() checks against [customer_email], and what the SMTP envelope is made of.
     message = EmailMessage()
     message["To"] = to  # a string, as render() once set it
-    assert em.recipients(message) == read
+    assert mail.recipients(message) == read
 
 
 def test_any_failure_to_render_dead_letters_the_ride_and_the_next_one_is_emailed(mailer, monkeypatch, tmp_path):
@@ -494,7 +512,7 @@ def test_any_failure_to_render_dead_letters_the_ride_and_the_next_one_is_emailed
     mailer.handle(record_of(ride(bad), offset=0))
     mailer.handle(record_of(ride(), offset=1))
     assert [p.name for p in emails_in(tmp_path / "outbox")] == [f"{RIDE_ID}.eml"]
-    assert mailer.counts.dead_lettered == 1 and mailer.counts.emailed == 1
+    assert mailer.tally["dead_lettered"] == 1 and mailer.tally["emailed"] == 1
     assert "KeyError" in dict(mailer.producer.sent[0][3])[REASON].decode()
     assert mailer.ledger.status(bad) is None
 
@@ -505,7 +523,7 @@ def test_content_refused_for_good_at_data_is_dead_lettered_and_forgotten_by_the_
 
     mailer.transport.deliver = refuse
     mailer.handle(record_of(ride()))
-    assert mailer.counts.dead_lettered == 1 and mailer.counts.emailed == 0
+    assert mailer.tally["dead_lettered"] == 1 and mailer.tally["emailed"] == 0
     reason = dict(mailer.producer.sent[0][3])[REASON].decode()
     assert "554" in reason and "refused" in reason
     assert mailer.ledger.status(RIDE_ID) is None
@@ -520,11 +538,11 @@ def test_a_temporary_refusal_at_data_is_retried_not_dead_lettered():
             raise smtplib.SMTPDataError(451, b"4.3.0 try again later")
         return "smtp://x"
 
-    assert em.deliver_with_retries(busy, em.render(ride()), RIDE_ID, no_sleep) == "smtp://x"
+    assert mail.deliver_with_retries(busy, em.render(ride()), RIDE_ID, no_sleep) == "smtp://x"
 
 
 def test_the_smtp_envelope_and_the_to_header_name_exactly_the_customer(smtp_server):
-    smtp = em.Smtp(em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=smtp_server.server_address[1]))
+    smtp = mail.Smtp(em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=smtp_server.server_address[1]))
     try:
         smtp.deliver(em.render(ride(customer_email="x=y?z@example.com")), RIDE_ID)
     finally:
@@ -538,7 +556,7 @@ def test_the_smtp_envelope_and_the_to_header_name_exactly_the_customer(smtp_serv
 
 
 def smtp_with_login(server, **extra):
-    return em.Smtp(em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=server.server_address[1],
+    return mail.Smtp(em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=server.server_address[1],
                                     smtp_user="bot", smtp_password="s3cret", **extra))
 
 
@@ -565,7 +583,7 @@ def test_a_plain_login_happens_only_when_explicitly_allowed(smtp_server, monkeyp
 
 
 def test_without_credentials_a_server_without_tls_is_fine(smtp_server):
-    smtp = em.Smtp(em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=smtp_server.server_address[1]))
+    smtp = mail.Smtp(em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=smtp_server.server_address[1]))
     try:
         smtp.open()
         smtp.deliver(em.render(ride()), RIDE_ID)
@@ -604,17 +622,17 @@ def test_a_name_in_any_script_renders_and_parses_back():
 
 def test_a_ledger_refuses_a_second_group_in_one_line(tmp_path):
     path = tmp_path / "ledger.sqlite3"
-    em.Ledger(path, "email").close()
+    stores.Ledger(path, "email").close()
     with pytest.raises(cli.Fatal) as e:
-        em.Ledger(path, "email-2")
+        stores.Ledger(path, "email-2")
     assert "\n" not in str(e.value)
     assert "belongs to group 'email'" in str(e.value) and "--ledger" in str(e.value)
 
 
 def test_instances_of_one_group_share_a_ledger(tmp_path):
     path = tmp_path / "ledger.sqlite3"
-    first, second = em.Ledger(path, "email"), em.Ledger(path, "email")
+    first, second = stores.Ledger(path, "email"), stores.Ledger(path, "email")
     first.sent(RIDE_ID, "<m>")
-    assert second.status(RIDE_ID) == em.SENT  # what lets a scaled-out group skip a rebalanced ride
+    assert second.status(RIDE_ID) == stores.SENT  # what lets a scaled-out group skip a rebalanced ride
     first.close()
     second.close()

@@ -12,10 +12,9 @@ from uuid import uuid4
 import pytest
 from hypothesis import given, settings
 
-from common import schemas
-from common.dead_letters import DeadLetters
+from common import mail, schemas
 from tests.unit.strategies import encoded_word_emails, ride_confirmations
-from tests.unit.test_email import FakeProducer, em, fake_smtp_server, no_sleep, record
+from tests.unit.test_email import Mailer, em, fake_smtp_server, record
 
 EXAMPLES = 150
 
@@ -25,9 +24,8 @@ def addresses(raw: bytes, header: str) -> list[str]:
     return [a.addr_spec for a in value.addresses] if value is not None else []
 
 
-def mailer_for(transport, directory: Path) -> "em.Mailer":
-    ledger = em.Ledger(directory / em.LEDGER_NAME, "email")
-    return em.Mailer(ledger, transport, DeadLetters(FakeProducer(), "email"), em.DEFAULT_FROM, no_sleep)
+def mailer_for(transport, directory: Path) -> Mailer:
+    return Mailer(directory, transport)
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +38,12 @@ def smtp_server():
 def mailers(smtp_server, tmp_path_factory):
     """One mailer writing to an outbox, one sending to the fake SMTP server; both as email.py builds them."""
     port = smtp_server.server_address[1]
-    smtp = em.Smtp(em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=port))
+    smtp = mail.Smtp(em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=port))
     outbox_dir, smtp_dir = tmp_path_factory.mktemp("outbox"), tmp_path_factory.mktemp("smtp")
-    both = mailer_for(em.Outbox(outbox_dir), outbox_dir), mailer_for(smtp, smtp_dir)
+    both = mailer_for(mail.Outbox(outbox_dir), outbox_dir), mailer_for(smtp, smtp_dir)
     yield both
     for m in both:
-        m.transport.close()
-        m.ledger.close()
+        m.close()
 
 
 def record_of(ride: schemas.RideConfirmed):
@@ -59,11 +56,11 @@ def test_every_valid_confirmation_is_emailed_to_its_customer_alone(mailers, smtp
     ride = ride.model_copy(update={"ride_id": uuid4()})  # hypothesis repeats ids: the ledger would skip them
     outbox, smtp = mailers
     for mailer in mailers:
-        before = mailer.counts.emailed
+        before = mailer.tally["emailed"]
         mailer.handle(record_of(ride))  # decode, render, deliver: any exception fails the test
-        assert (mailer.counts.emailed - before, mailer.counts.dead_lettered) == (1, 0)
+        assert (mailer.tally["emailed"] - before, mailer.tally["dead_lettered"]) == (1, 0)
 
-    eml = (outbox.transport.directory / em.eml_name(ride.ride_id)).read_bytes()
+    eml = (outbox.transport.directory / mail.eml_name(ride.ride_id)).read_bytes()
     assert addresses(eml, "To") == [ride.customer_email]
     sent = smtp_server.received[-1]
     assert smtp_server.envelopes[-1] == [ride.customer_email]  # RCPT TO: the only envelope recipient
@@ -81,8 +78,8 @@ def test_an_encoded_word_address_is_set_aside_never_delivered(mailers, smtp_serv
     value["customer_email"] = address  # as a producer that skips the schema would write it
     received = len(smtp_server.received)
     for mailer in mailers:
-        before = mailer.counts.dead_lettered
+        before = mailer.tally["dead_lettered"]
         mailer.handle(record(json.dumps(value).encode(), schemas.ride_key(ride.ride_id)))
-        assert mailer.counts.dead_lettered == before + 1
+        assert mailer.tally["dead_lettered"] == before + 1
     assert len(smtp_server.received) == received
-    assert not (mailers[0].transport.directory / em.eml_name(ride.ride_id)).exists()
+    assert not (mailers[0].transport.directory / mail.eml_name(ride.ride_id)).exists()

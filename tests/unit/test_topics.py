@@ -3,7 +3,7 @@
 import pytest
 from kafka.errors import InvalidReplicationFactorError, KafkaTimeoutError, TopicAuthorizationFailedError
 
-from common import topics
+from common import clients, topics
 from common.settings import Settings
 
 
@@ -24,11 +24,11 @@ def test_a_broker_still_registering_is_a_pause_not_an_error():
     # Seen in CI: transaction.py started while the broker restarted died on it at once.
     admin = Admin(InvalidReplicationFactorError.errno, "only 0 broker(s) are registered")
     with pytest.raises(KafkaTimeoutError, match="only 0 broker") as e:
-        topics.ensure_topics(admin, Settings(), [topics.RIDE_DETAILS])  # type: ignore[arg-type]
+        clients.create_topics(admin, Settings(), [topics.RIDE_DETAILS])  # type: ignore[arg-type]
     assert e.value.retriable
 
 
 def test_a_real_refusal_is_not_retried():
     admin = Admin(TopicAuthorizationFailedError.errno, "not authorized")
     with pytest.raises(TopicAuthorizationFailedError):
-        topics.ensure_topics(admin, Settings(), [topics.RIDE_DETAILS])  # type: ignore[arg-type]
+        clients.create_topics(admin, Settings(), [topics.RIDE_DETAILS])  # type: ignore[arg-type]

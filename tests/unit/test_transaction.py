@@ -9,7 +9,6 @@ from itertools import islice
 
 import pytest
 from hypothesis import given
-from kafka.errors import KafkaError, KafkaTimeoutError, ProducerFencedError
 
 import rides
 import transaction
@@ -153,14 +152,6 @@ def test_transactional_id_is_stable_per_instance():
     s = transaction.TransactionSettings(group_id="transaction", topic_prefix="p.", instance="1")
     assert s.transactional_id == "p.transaction-1"
     assert transaction.TransactionSettings(group_id="g").transactional_id == "g-0"
-
-
-def test_fenced_errors_are_fatal_and_others_are_not():
-    assert transaction.is_fatal(ProducerFencedError())
-    assert transaction.is_fatal(KafkaError("Cannot execute transactional method because we are in an error "
-                                           "state: ProducerFencedError: [Error 90] ..."))
-    assert not transaction.is_fatal(KafkaTimeoutError())
-    assert not transaction.is_fatal(KafkaError("NotCoordinatorError"))
 
 
 @pytest.mark.parametrize("flags", [["--guarantee", "twice"], ["--instance", "a b"], ["--group-id", ""]])

@@ -1,0 +1,267 @@
+"""Consume-and-apply (email.py's and analysis.py's shape of the loop): each record applied to a store that
+remembers what it applied, then the offsets committed.
+
+Per batch: decode each record and hand it to store.apply() (a record it cannot take is set aside in the
+dead-letter topic, with the reason); flush the dead letters; store.save(offsets); commit the offsets.
+The guarantee is the store's:
+
+- a ledger of effects (email.py): apply() writes down each effect before and after making it, so a
+  record delivered again (a restart, a rebalance) is skipped: at-least-once consumption, one effect;
+- state saved with its offsets (analysis.py): save() writes both in one transaction, and the partitions
+  resume from the saved offsets (Store.resume_from), not from Kafka's: what was counted and what was read
+  never disagree. The Kafka commit then only shows the group's progress to lag monitoring.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import TopicPartition
+
+from common import clients, consume, loop, stores, topics
+from common.dead_letters import DeadLetters, stop_if_undelivered
+from common.errors import Fatal, PoisonRecord, Stopped
+from common.schemas import Message, record_step
+from common.settings import ConsumerSettings
+from common.shutdown import Shutdown
+
+log = logging.getLogger(__name__)
+
+
+class Store:
+    """What a consume-and-apply script provides; every method but apply() may be left as it is."""
+
+    # Offsets saved with the store's state, per partition: where each assigned partition resumes. None:
+    # the store keeps no offsets, the partitions resume from Kafka's committed offsets.
+    resume_from: dict[TopicPartition, int] | None = None
+    script = "the script"  # for messages: "email.py"
+    doing = "applying"     # the start-up line: "<doing> from <topic> (group <group>)<description>"
+    description = ""
+
+    def bind(self, topic: str, topic_id: str, group_id: str) -> None:
+        """Called once the source topic exists: a store may refuse another source than the one it has."""
+
+    def apply(self, record: ConsumerRecord, message: Any) -> tuple[str, ...]:
+        """Apply one decoded record; returns the summary keys it counts as. Raises PoisonRecord to set it
+        aside (the loop sends the dead letter), Stopped when asked to stop in the middle of it."""
+        raise NotImplementedError
+
+    def set_aside(self, record: ConsumerRecord, message: Any | None, reason: str) -> None:
+        """A record goes to the dead-letter topic (message: None if it could not be decoded)."""
+
+    def save(self, offsets: dict[TopicPartition, int]) -> None:
+        """The batch's records up to these offsets are applied and their dead letters stored."""
+
+    def tick(self) -> None:
+        """Every few seconds between batches (analysis.py prints its table)."""
+
+    def close(self) -> None:
+        """After the last batch."""
+
+
+class Folded(Store):
+    """A store of state folded from every record (analysis.py's statistics), saved with the offsets of the
+    records it includes in one SQLite transaction per batch (common.stores.State); the partitions resume
+    from those offsets. state_type() is the empty state; fold(state, message) adds one record in place
+    (a pure step: what it raises sets the record aside); state.to_json() and state_type.from_json() save
+    and load it."""
+
+    def __init__(self, path: Path, state_type: Any, fold: Callable[[Any, Any], Any], what: str = "cannot be folded"):
+        self.state_type, self.fold, self.what = state_type, fold, what
+        try:
+            self.file = stores.State(path)
+        except (OSError, sqlite3.Error) as e:
+            raise Fatal(f"cannot use the state file {path}: {e}") from None
+        try:
+            self.state = self.saved()
+            _, self.resume_from = self.file.load()
+        except (OSError, sqlite3.Error, ValueError, KeyError) as e:
+            self.file.close()
+            raise Fatal(f"cannot use the state file {path}: {e}") from None
+        except BaseException:
+            self.file.close()
+            raise
+        self.description = f"; state {path}"
+
+    def saved(self) -> Any:
+        """The state as the file holds it (what the last completed batch saved)."""
+        text, _ = self.file.load()
+        return self.state_type.from_json(text) if text else self.state_type()
+
+    def bind(self, topic: str, topic_id: str, group_id: str) -> None:
+        self.file.bind(topic, topic_id, group_id)
+
+    def apply(self, record: ConsumerRecord, message: Any) -> tuple[str, ...]:
+        record_step(self.what, self.fold, self.state, message)
+        return ()
+
+    def save(self, offsets: dict[TopicPartition, int]) -> None:
+        self.file.save(self.state.to_json(), offsets)
+        assert self.resume_from is not None
+        self.resume_from.update(offsets)
+
+    def close(self) -> None:
+        # No save here: everything folded was saved with its batch, and a batch cut short by an error must
+        # not be saved half-folded.
+        self.file.close()
+
+
+class ResumeFromStore(consume.LogAssignment):
+    """Each assigned partition resumes where the store's saved offsets say, whatever Kafka has committed."""
+
+    def __init__(self, saved: dict[TopicPartition, int]) -> None:
+        self.saved = saved  # the store keeps it current after every save
+        self.consumer: KafkaConsumer | None = None
+
+    # on_partitions_revoked only logs: the store is saved after every batch, nothing is pending.
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        # Runs inside poll(), possibly on kafka-python's IO thread: reads only the in-memory copy.
+        assert self.consumer is not None
+        super().on_partitions_assigned(assigned)
+        for tp in sorted(assigned):
+            offset = self.saved.get(tp)
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        if assigned:
+            log.info("resuming %s from the saved state", ", ".join(
+                f"{tp.topic}[{tp.partition}]@{self.saved.get(tp, 'beginning')}" for tp in sorted(assigned)))
+
+
+def unseen(records: list[ConsumerRecord], saved: dict[TopicPartition, int]) -> list[ConsumerRecord]:
+    """The records the saved state does not include yet. A rebalance in the middle of a batch can seek
+    back to offsets the batch then saved past; those records are already applied."""
+    return [r for r in records if r.offset >= saved.get(TopicPartition(r.topic, r.partition), 0)]
+
+
+def advance(saved: dict[TopicPartition, int], records: list[ConsumerRecord]) -> dict[TopicPartition, int]:
+    """The offsets to save after a batch: never backwards."""
+    return {tp: max(om.offset, saved.get(tp, 0)) for tp, om in consume.next_offsets(records).items()}
+
+
+class Applier:
+    """The per-record rule of consume-and-apply, without Kafka: decode each record and apply it to the store;
+    a record that fails in a pure step (decoding, or what the store raises as PoisonRecord) is set aside;
+    anything else the store raises is the infrastructure's, and stops the loop before the commit."""
+
+    def __init__(self, model: type[Message], store: Store, dead_letters: DeadLetters,
+                 stop_requested: Callable[[], bool]) -> None:
+        self.model, self.store, self.dead_letters, self.stop_requested = model, store, dead_letters, stop_requested
+        self.tally = loop.Tally()
+
+    def handle(self, record: ConsumerRecord) -> FutureRecordMetadata | None:
+        """Apply one record; the future of its dead letter if it was set aside."""
+        message = None
+        try:
+            message = record_step("cannot decode", consume.decode, self.model, record)
+            self.tally.update(self.store.apply(record, message))
+            return None
+        except PoisonRecord as e:
+            self.store.set_aside(record, message, str(e))
+            self.tally["dead_lettered"] += 1
+            return self.dead_letters.send(record, str(e))
+
+    def apply(self, records: list[ConsumerRecord]) -> tuple[int, list[FutureRecordMetadata]]:
+        """Apply records until done or asked to stop: how many were handled (a prefix of the batch), and
+        the futures of the dead letters sent."""
+        sends = []
+        saved = self.store.resume_from
+        for i, record in enumerate(records):
+            if self.stop_requested():
+                return i, sends
+            if saved is not None and record.offset < saved.get(TopicPartition(record.topic, record.partition), 0):
+                continue  # already in the saved state (see unseen())
+            try:
+                letter = self.handle(record)
+            except Stopped:
+                return i, sends
+            if letter is not None:
+                sends.append(letter)
+        return len(records), sends
+
+
+class ApplyLoop:
+    """The Kafka side of consume-and-apply: one batch in, applied to the store, then committed."""
+
+    def __init__(self, settings: ConsumerSettings, shutdown: Shutdown, source: str, model: type[Message],
+                 store: Store) -> None:
+        self.store = store
+        self.producer = clients.connect(settings, shutdown, lambda: clients.producer(
+            settings, f"{settings.group_id}-dead-letters"), "dead-letter producer")
+        self.applier = Applier(model, store, DeadLetters(self.producer, settings.group_id), lambda: shutdown.requested)
+        self.tally = self.applier.tally
+        listener = consume.LogAssignment() if store.resume_from is None else ResumeFromStore(store.resume_from)
+        try:
+            self.consumer = clients.connect(settings, shutdown, lambda: clients.consumer(
+                settings, [source], settings.group_id, listener=listener), "consumer")
+        except BaseException:
+            self.producer.close()
+            raise
+        if isinstance(listener, ResumeFromStore):
+            listener.consumer = self.consumer
+
+    def process(self, records: list[ConsumerRecord]) -> None:
+        if not records:
+            return
+        done, sends = self.applier.apply(records)
+        commit_in_order(self.producer, sends, self.store, self.consumer, records[:done])
+
+    def tick(self) -> None:
+        self.store.tick()
+
+    def close(self) -> None:
+        # Anything not committed here is in the store or not done at all: a restart finishes it.
+        try:
+            clients.close_producer(self.producer, timeout=2)  # unsent dead letters: their records were not committed
+            self.consumer.close(autocommit=False)
+        finally:
+            self.store.close()
+
+
+def commit_in_order(producer: KafkaProducer, sends: list[FutureRecordMetadata], store: Store,
+                    consumer: KafkaConsumer, done: list[ConsumerRecord]) -> None:
+    """After a batch: its dead letters stored first (the offsets must never move past a record that is not
+    set aside yet: stop instead), then the store saved, then the offsets committed to Kafka."""
+    producer.flush()
+    stop_if_undelivered(sends, store.script, "saving or committing")
+    if done:
+        store.save(advance(store.resume_from or {}, done))
+        consume.commit(consumer, done)
+
+
+def source_topic_id(admin: KafkaAdminClient, settings: ConsumerSettings, source: str) -> str:
+    """Create the topics still missing, and return the id of the one read (which incarnation it is)."""
+    clients.create_topics(admin, settings, [source, topics.dead_letter_topic(source)])
+    return str(admin.describe_topics([settings.topic(source)])[0]["topic_id"])
+
+
+def run(settings: ConsumerSettings, source: str, model: type[Message], make_store: Callable[[Shutdown], Store],
+        summary: Callable[[loop.Tally], str], every: float = 10.0,
+        progress: tuple[str, ...] = ()) -> int:
+    """Run the loop: apply every record of `source` (a common.topics name) to the store make_store() opens,
+    until SIGINT/SIGTERM. `summary(tally)` is the closing line's text; `progress` the keys of a progress
+    line every `every` seconds."""
+    shutdown = Shutdown.on_signals()
+    store = make_store(shutdown)  # first: a store that cannot be opened stops the script before Kafka is asked
+    try:
+        # The whole admin step is retried, not only building the client: the broker can go away between two
+        # admin calls just as well.
+        topic_id = clients.with_admin(settings, shutdown, lambda admin: source_topic_id(admin, settings, source),
+                                      "topics")
+        store.bind(settings.topic(source), topic_id, settings.group_id)
+        shape = ApplyLoop(settings, shutdown, settings.topic(source), model, store)
+    except BaseException:
+        store.close()
+        raise
+    log.info("%s from %s (group %s)%s", store.doing, settings.topic(source), settings.group_id, store.description)
+    return loop.run(shape, shutdown, lambda: summary(shape.tally), every=every,
+                    progress=(lambda: shape.tally.line(*progress)) if progress else None)

@@ -1,0 +1,72 @@
+"""The one consume loop every consumer runs, whatever its shape:
+
+    while not shutdown.requested:            # SIGINT/SIGTERM only set the flag (common.shutdown)
+        shape.process(poll_batch(consumer))  # decode or set aside, do the work, commit
+        every few seconds: a progress line, the shape's tick()
+    finally: shape.close(); the summary line
+
+A shape is what a script does with a batch: common.transform (consume-transform-produce: transaction.py)
+or common.apply (consume-and-apply: email.py, analysis.py). poll_batch says once when Kafka is lost and
+once when it is back; a stop that cannot finish in time exits through common.shutdown's deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Protocol
+
+from kafka import KafkaConsumer
+from kafka.consumer.fetcher import ConsumerRecord
+
+from common import consume
+from common.errors import Stopped
+from common.shutdown import Shutdown
+
+log = logging.getLogger(__name__)
+
+
+class Shape(Protocol):
+    consumer: KafkaConsumer
+
+    def process(self, records: list[ConsumerRecord]) -> None:
+        """Do a batch's work and commit it; an empty batch is a chance to catch up (say, a restore).
+        Raises Stopped when asked to stop before the batch could be finished."""
+
+    def tick(self) -> None:
+        """Periodic housekeeping, between batches."""
+
+    def close(self) -> None:
+        """Flush, commit what is done, close the clients."""
+
+
+class Tally(Counter[str]):
+    """The counts a script reports: `line("a", "b")` is "a=1 b=0", the progress and summary lines' format."""
+
+    def line(self, *keys: str) -> str:
+        return " ".join(f"{key}={self[key]}" for key in keys)
+
+
+def run(shape: Shape, shutdown: Shutdown, summary: Callable[[], str], *, every: float = 10.0,
+        progress: Callable[[], str] | None = None) -> int:
+    """Run `shape` until asked to stop; log `progress()` and call `shape.tick()` every `every` seconds, and
+    `summary()` once at the end, whatever ended the loop."""
+    next_report = time.monotonic() + every
+    try:
+        while not shutdown.requested:
+            shape.process(consume.poll_batch(shape.consumer))
+            if time.monotonic() >= next_report:
+                next_report = time.monotonic() + every
+                if progress is not None:
+                    log.info("progress: %s", progress())
+                shape.tick()
+    except Stopped:
+        log.warning("stopped with a batch unfinished: nothing of it was committed; the next run processes it")
+    finally:
+        try:
+            shape.close()
+        finally:
+            log.info("summary: %s", summary())
+    return 0

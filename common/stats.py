@@ -1,0 +1,63 @@
+"""The statistics analysis.py keeps over confirmed rides: what its state file holds, as JSON.
+
+Plain data with exact integer sums, so that the same rides give the same figures in any order.
+analysis.py folds rides into it; anything that shows the statistics reads this format.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+from kafka.structs import TopicPartition
+from pydantic import TypeAdapter
+
+from common import stores
+
+
+@dataclass
+class Totals:
+    """Rides and their summed ETAs and fares, as integers so that sums are exact in any order."""
+
+    rides: int = 0
+    eta_milli: int = 0   # pickup ETAs in thousandths of a minute
+    fare_cents: int = 0
+
+    def add(self, eta_milli: int, fare_cents: int) -> None:
+        self.rides += 1
+        self.eta_milli += eta_milli
+        self.fare_cents += fare_cents
+
+    @property
+    def mean_eta(self) -> float | None:
+        return self.eta_milli / 1000 / self.rides if self.rides else None
+
+    @property
+    def mean_fare(self) -> Decimal | None:
+        return (Decimal(self.fare_cents) / 100 / self.rides).quantize(Decimal("0.01")) if self.rides else None
+
+
+@dataclass
+class Stats:
+    """Running statistics over confirmed rides; fold() adds one, in any order, with the same result."""
+
+    all: Totals = field(default_factory=Totals)
+    zones: dict[str, Totals] = field(default_factory=dict)    # by pickup zone
+    minutes: dict[str, int] = field(default_factory=dict)     # "YYYY-MM-DD HH:MM" (UTC, confirmed_at) -> rides
+    currencies: dict[str, int] = field(default_factory=dict)  # a mean fare means something in one currency
+    dead_lettered: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Stats:
+        return TypeAdapter(cls).validate_json(text)
+
+
+def load_state(path: Path) -> tuple[Stats, dict[TopicPartition, int]]:
+    """The statistics and offsets analysis.py saved in a state file, read-only (while it runs, too)."""
+    text, offsets = stores.load_state(path)
+    return (Stats.from_json(text) if text else Stats()), offsets

@@ -1,0 +1,332 @@
+"""Consume-transform-produce (transaction.py's shape of the loop): records in, records out, committed as one.
+
+Per batch: decode each record (or set it aside), drop a ride already decided (fingerprint), call the script's
+pure transform(message, now) for the records to publish, then commit outputs and offsets together:
+
+- exactly-once: begin a transaction; send the outputs, the dead letters and the batch's decided rides;
+  flush; add the consumed offsets to the transaction (with the group metadata: a fenced or evicted
+  instance cannot commit); commit. On a failure: abort (or start a new producer when it cannot abort),
+  and read the batch again from the committed offsets.
+- at-least-once: send, flush, then commit the offsets. A crash in between publishes the batch again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import (
+    AuthorizationError,
+    InvalidProducerEpochError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFencedError,
+    TransactionCoordinatorFencedError,
+    UnsupportedVersionError,
+)
+
+from common import clients, consume, loop, reachability, schemas, topics
+from common.changelog import Changelog
+from common.dead_letters import DeadLetters, where
+from common.decided import DecidedRides, home_partition
+from common.errors import Fatal, PoisonRecord, Stopped
+from common.schemas import Message, record_step
+from common.settings import TransformSettings
+from common.shutdown import Shutdown
+
+log = logging.getLogger(__name__)
+
+# The producer cannot go on after these: another instance took over its transactional.id, or the
+# broker will never allow transactions. Everything else aborts the batch and reads it again.
+FENCED_ERRORS = (ProducerFencedError, InvalidProducerEpochError, TransactionCoordinatorFencedError)
+FATAL_ERRORS = (*FENCED_ERRORS, AuthorizationError, UnsupportedVersionError)
+STOP_GRACE = 5.0  # seconds a stop request waits for an unfinished batch's outputs before giving up on it
+
+
+def caused_by(e: BaseException, errors: tuple[type[BaseException], ...]) -> bool:
+    # Once the producer is in its fatal state, kafka-python raises a plain KafkaError that only names
+    # the original error in its message ("... in an error state: ProducerFencedError ...").
+    return isinstance(e, errors) or any(cls.__name__ in str(e) for cls in errors)
+
+
+def is_fatal(e: BaseException) -> bool:
+    return caused_by(e, FATAL_ERRORS)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One record to publish: to `topic` (a common.topics name; the prefix is added), keyed by its ride_id."""
+
+    topic: str
+    message: Message
+    counted_as: str              # the summary key it adds one to
+    note: str | None = None      # logged at INFO with the input's position (say, why a ride was rejected)
+
+
+def repeat_reason(message: Any, decided: str, fingerprint: str) -> str | None:
+    """None for the same request again (dropped as a duplicate); else why a request reusing a decided
+    ride_id is set aside: deciding it would give one ride two outcomes, and its rider no answer."""
+    if decided == fingerprint:
+        return None
+    return (f"ride_id {message.ride_id} was already decided for a different request; a new ride needs a new "
+            f"ride_id")
+
+
+Transform = Callable[[Any, datetime], list[Output]]
+Fingerprint = Callable[[Any], str]
+
+
+class TransformLoop:
+    """The Kafka side of consume-transform-produce: one batch in, its outputs out, committed as one."""
+
+    def __init__(self, settings: TransformSettings, shutdown: Shutdown, model: type[Message], transform: Transform,
+                 fingerprint: Fingerprint | None) -> None:
+        self.settings, self.shutdown, self.model, self.fingerprint = settings, shutdown, model, fingerprint
+        self.transform = transform
+        self.exactly_once = settings.guarantee == "exactly-once"
+        self.client_id = f"{settings.group_id}-{settings.instance}"
+        self.source = settings.topic(topics.RIDE_DETAILS)
+        self.tally = loop.Tally()
+        self.in_transaction = False
+        self.producer = self._connect_producer()
+        self.decided = DecidedRides(settings.dedup_window_ms)
+        self.changelog = Changelog(settings, self.source, settings.topic(topics.decided_topic(settings.group_id)),
+                                   self.decided, shutdown, self.client_id) if fingerprint else None
+        self.consumer = clients.connect(settings, shutdown, lambda: clients.consumer(
+            settings, [self.source], self.client_id, listener=self.changelog or consume.LogAssignment()), "consumer")
+
+    # ----------------------------------------------------------------------------------- the producer
+
+    def _connect_producer(self) -> KafkaProducer:
+        def make() -> KafkaProducer:
+            if not self.exactly_once:
+                return clients.producer(self.settings, self.client_id)
+            producer = clients.producer(self.settings, self.client_id, transactional_id=self.settings.transactional_id)
+            try:
+                # Fences an earlier producer with this transactional.id (a crashed run of this instance)
+                # and aborts the transaction it left open, so its half-done batch is never seen.
+                producer.init_transactions()
+            except BaseException:
+                producer.close(timeout=0)
+                raise
+            return producer
+
+        try:
+            producer = clients.connect(self.settings, self.shutdown, make, "producer")
+        except KafkaError as e:
+            if is_fatal(e):
+                raise Fatal(self._fatal_message(e)) from None
+            raise
+        self.dead_letters = DeadLetters(producer, self.settings.group_id)
+        return producer
+
+    def _fatal_message(self, e: Exception) -> str:
+        s = self.settings
+        if caused_by(e, FENCED_ERRORS):
+            return (f"fenced: another instance runs with transactional.id {s.transactional_id} (--instance "
+                    f"{s.instance} in group {s.group_id}); give every running instance its own --instance "
+                    f"({type(e).__name__})")
+        return (f"the broker refuses transactions ({type(e).__name__}: {e}); grant this client the transactional "
+                f"id {s.transactional_id}, or run with --guarantee at-least-once")
+
+    def _new_producer(self, why: str) -> None:
+        log.warning("%s: starting a new producer with transactional.id %s", why, self.settings.transactional_id)
+        try:
+            clients.close_producer(self.producer, timeout=0)  # what the old one still holds is abandoned
+        except KafkaError:
+            pass  # it is fenced or broken: that is why it is being replaced
+        self.producer = self._connect_producer()
+
+    # ----------------------------------------------------------------------------------- one batch
+
+    def outputs(self, records: list[ConsumerRecord], now: datetime) -> list:
+        """Send the outputs of every record (or set it aside); returns the sends' futures."""
+        futures = []
+        partitions = len(self.consumer.partitions_for_topic(self.source) or ())
+        for record in records:
+            try:  # every step here is pure: whatever fails belongs to this record, which is set aside
+                message = consume.decode(self.model, record)
+                fingerprint = self._first_time(record, message, partitions) if self.fingerprint else None
+                if fingerprint == "":
+                    continue
+                outs = record_step("cannot be processed", self.transform, message, now)
+            except PoisonRecord as e:
+                futures.append(self.dead_letters.send(record, str(e)))
+                self.tally["dead_lettered"] += 1
+                continue
+            if fingerprint:
+                self.decided.stage(record.partition, message.ride_id, fingerprint)
+            for out in outs:
+                if out.note:
+                    log.info("%s: ride %s %s", where(record), message.ride_id, out.note)
+                futures.append(self.producer.send(self.settings.topic(out.topic), key=schemas.ride_key(message.ride_id),
+                                                  value=schemas.encode(out.message)))
+                self.tally[out.counted_as] += 1
+        return futures
+
+    def _first_time(self, record: ConsumerRecord, message: Any, partitions: int) -> str:
+        """The request's fingerprint if its ride is not decided yet; "" for the same request again (a
+        duplicate, dropped); raises PoisonRecord for a different request under a decided ride_id."""
+        assert self.fingerprint is not None
+        home = home_partition(record.key, partitions)
+        if record.partition != home:
+            raise PoisonRecord(f"in partition {record.partition}, but its key belongs in partition {home} (Kafka's "
+                               f"default partitioner, murmur2): a ride's requests must share a partition to be "
+                               f"decided once")
+        fingerprint = record_step("cannot be fingerprinted", self.fingerprint, message)
+        decided = self.decided.lookup(record.partition, message.ride_id)
+        if decided is None:
+            return fingerprint
+        reason = repeat_reason(message, decided, fingerprint)
+        if reason is not None:
+            raise PoisonRecord(reason)
+        log.info("%s: ride %s was already decided: duplicate request dropped", where(record), message.ride_id)
+        self.tally["duplicates"] += 1
+        return ""
+
+    def _await_delivery(self, futures: list) -> None:
+        """Wait until the broker has every output of the batch; raise the first failure."""
+        stop_by = None
+        while True:
+            try:
+                self.producer.flush(timeout=1.0)  # in steps, to notice a stop request during an outage
+                break
+            except KafkaTimeoutError:
+                reachability.check(self.producer)  # an outage in mid-batch never reaches poll_batch
+                if self.shutdown.requested:
+                    stop_by = stop_by or time.monotonic() + STOP_GRACE
+                    if time.monotonic() > stop_by:
+                        raise Stopped() from None
+        for f in futures:
+            if f.failed():
+                raise f.exception
+
+    def _changelog(self) -> list:
+        return self.changelog.send(self.producer) if self.changelog else []
+
+    def commit(self, records: list[ConsumerRecord]) -> None:
+        """Process one batch and commit its outputs and offsets as one (see the module docstring)."""
+        now = datetime.now(timezone.utc)
+        if self.exactly_once:
+            self.producer.begin_transaction()
+            self.in_transaction = True
+            # The batch's decisions join its outputs, in the same transaction: remembered if and only if made.
+            futures = self.outputs(records, now) + self._changelog()
+            # commit_transaction() would send these too, but only a flush says which send failed.
+            self._await_delivery(futures)
+            # The offsets are committed with the outputs, or not at all: never one without the other.
+            # The group metadata lets the broker refuse them if this instance lost the partitions.
+            self.producer.send_offsets_to_transaction(consume.next_offsets(records), self.consumer.group_metadata())
+            self.producer.commit_transaction()
+            self.in_transaction = False
+        else:
+            self._await_delivery(self.outputs(records, now))  # outputs first ...
+            # ... then the decisions (a crash before them repeats outputs, never loses one) ...
+            self._await_delivery(self._changelog())
+            consume.commit(self.consumer, records)  # ... then the offsets: at-least-once
+        self.decided.commit(int(now.timestamp() * 1000))
+        self.tally["batches"] += 1
+
+    def recover(self, records: list[ConsumerRecord], error: KafkaError, started: float) -> None:
+        """After a failed batch: abort its transaction and read it again from the committed offsets."""
+        # A batch open longer than the transaction timeout (say, across a broker restart) is aborted by
+        # the broker, which bumps the producer epoch: this producer then looks fenced, yet no other
+        # instance exists, and a new producer recovers. Fenced within the timeout means another instance.
+        timed_out = self.exactly_once and \
+            time.monotonic() - started >= self.producer.config["transaction_timeout_ms"] / 1000
+        if is_fatal(error) and not timed_out:
+            raise Fatal(self._fatal_message(error)) from None
+        what = f"batch of {len(records)} records from {where(records[0])}" if records else "restoring decided rides"
+        log.warning("%s failed (%s: %s): aborting it and reading it again", what, type(error).__name__, error)
+        self.tally["aborted"] += 1
+        self.decided.discard()  # the batch is read again: its rides are not decided ...
+        if self.changelog:  # ... unless its commit went through after all (an error can hide that): the changelog knows
+            self.changelog.reload({tp.partition for tp in self.consumer.assignment()})
+        if self.exactly_once and self.in_transaction:
+            self.in_transaction = False
+            if is_fatal(error):
+                self._new_producer(f"the broker aborted the transaction open for {time.monotonic() - started:.0f} s")
+            else:
+                try:
+                    self.producer.abort_transaction()
+                except KafkaError as e:
+                    if is_fatal(e) and not timed_out:
+                        raise Fatal(self._fatal_message(e)) from None
+                    # It cannot abort (e.g. it failed in the middle of a commit): start a new one, whose
+                    # init_transactions() settles whatever the old one left open.
+                    self._new_producer(f"cannot abort the transaction ({type(e).__name__}: {e})")
+        # Never go on from the in-memory position after a failed batch: that would skip its rides.
+        delay = 0.5
+        while True:
+            try:
+                consume.rewind(self.consumer)
+                return
+            except KafkaError as e:
+                log.warning("cannot read the committed offsets yet (%s: %s); retrying", type(e).__name__, e)
+                if self.shutdown.sleep(delay):
+                    raise Stopped() from None
+                delay = min(delay * 2, 5.0)
+
+    # ----------------------------------------------------------------------------------- for the loop
+
+    failures = 0
+
+    def process(self, records: list[ConsumerRecord]) -> None:
+        if not records and not (self.changelog and self.changelog.to_restore):
+            return
+        started = time.monotonic()
+        try:
+            if self.changelog:
+                self.changelog.restore(self.consumer)  # newly assigned partitions: their decided rides first
+            if records:
+                self.commit(records)
+            self.failures = 0
+        except KafkaError as e:
+            self.recover(records, e, started)
+            self.failures += 1
+            # Back off before trying again: after a broker restart, the consumer needs a heartbeat or two to
+            # learn that it must rejoin its group, and every batch until then fails.
+            if self.shutdown.sleep(min(0.5 * 2 ** (self.failures - 1), 5.0)):
+                raise Stopped() from None
+
+    def tick(self) -> None:
+        self.decided.prune(int(time.time() * 1000))
+
+    def close(self) -> None:
+        try:
+            self.consumer.close(timeout_ms=2000)
+            if self.changelog:
+                self.changelog.close()
+        finally:
+            try:
+                clients.close_producer(self.producer, timeout=2)
+            except KafkaError as e:  # outputs of an abandoned batch: never committed, read again next run
+                log.warning("producer closed with records unsent (%s)", e)
+
+
+def run(settings: TransformSettings, model: type[Message], transform: Transform, counted: tuple[str, ...],
+        fingerprint: Fingerprint | None = None) -> int:
+    """Run the loop: consume ride_details, publish transform()'s outputs, until SIGINT/SIGTERM.
+
+    counted: the Output.counted_as keys, in the order the progress and summary lines show them.
+    fingerprint(message): what makes two requests the same request. Given, each ride_id is decided once
+    (for settings.dedup_hours): the same request again is dropped, a different one set aside. The rides
+    decided are kept per partition (common.decided) in a changelog topic, written in each batch's
+    transaction and read back when a partition is assigned (common.changelog).
+    """
+    shutdown = Shutdown.on_signals()
+    clients.ensure_topics(settings, shutdown)
+    if fingerprint:
+        clients.ensure_decided_topic(settings, shutdown, settings.group_id, settings.dedup_window_ms)
+    shape = TransformLoop(settings, shutdown, model, transform, fingerprint)
+    keys = (*counted, *(("duplicates",) if fingerprint else ()), "dead_lettered")
+    log.info("reading %s in group %s, %s%s", shape.source, settings.group_id, settings.guarantee,
+             f" (transactional.id {settings.transactional_id})" if shape.exactly_once else "")
+    return loop.run(shape, shutdown, every=10.0, progress=lambda: shape.tally.line(*keys),
+                    summary=lambda: f"{shape.tally.line(*keys, 'batches', 'aborted')} guarantee={settings.guarantee}")
