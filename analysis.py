@@ -1,7 +1,6 @@
 """analysis.py: live statistics over confirmed rides (counts, pickup ETAs, fares, busiest zones, rides per minute).
 
-Consumes ride_confirmed in group "analysis" and prints a compact table to stdout every few seconds and at
-shutdown.
+Consumes ride_confirmed in group "analysis"; prints a compact table to stdout every few seconds and at exit.
 
 Guarantee: exact totals across crashes, restarts and replays. The statistics and the offsets of the rides
 they include are saved together, once per batch, in one SQLite file (--state), and each partition resumes
@@ -143,10 +142,8 @@ class AnalysisSettings(ConsumerSettings):
 
 def main(argv: list[str] | None = None) -> int:
     settings = cli.load(AnalysisSettings, argv, __doc__)
-    stores: list[Analysis] = []  # the one the loop opens, for the summary
-    return apply.run(settings, topics.RIDE_CONFIRMED, schemas.RideConfirmed,
-                     lambda _shutdown: stores.append(Analysis(settings)) or stores[0],
-                     summary=lambda _tally: summary(stores[0].state), every=settings.every)
+    return apply.run(settings, topics.RIDE_CONFIRMED, schemas.RideConfirmed, lambda _: Analysis(settings),
+                     summary=lambda _tally, store: summary(store.state), every=settings.every)
 
 
 if __name__ == "__main__":

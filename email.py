@@ -1,9 +1,8 @@
 """email.py: send each confirmed rider one confirmation email, however often Kafka delivers the ride.
 
-Consumes ride_confirmed in group "email". Without SMTP settings each email is written as one
-`<ride_id>.eml` file into --outbox; with them (SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASSWORD, SMTP_FROM
-or the --smtp-* flags) it goes out through that SMTP server. A password is only sent over TLS (STARTTLS
-or port 465), unless --smtp-allow-plain-login says otherwise (a local test server).
+Consumes ride_confirmed in group "email". Each email is written as `<ride_id>.eml` into --outbox, or, with
+SMTP settings (the --smtp-* flags or SMTP_HOST, SMTP_PORT, ...), sent through that server: a password only
+over TLS (STARTTLS or port 465) unless --smtp-allow-plain-login says otherwise (a local test server).
 
 Guarantee: at-least-once consumption with an idempotent effect (common/apply.py). A SQLite ledger keyed by
 ride_id marks each ride 'sending' before its email goes and 'sent' after, before the offsets are committed:
@@ -25,11 +24,9 @@ from uuid import UUID
 LEDGER_NAME = ".ledger.sqlite3"
 SUMMARY = ("emailed", "resent", "duplicates_skipped", "dead_lettered")  # the summary line's counts
 
-# The email trap, part two. With the project root on sys.path, whatever imports the standard library's
-# `email` package first (pytest, pydantic, http.client, ...) finds this file and runs it under the name
-# "email", in the middle of its own import. The first line of this file has put the real package in
-# place; everything else needs pydantic and common/, and importing them now would re-enter the
-# half-imported module that asked for `email`. So they are imported only when this file runs as itself.
+# The email trap, part two: with the project root on sys.path, whatever imports the stdlib's `email` first
+# finds this file and runs it as "email", in the middle of that import. Importing pydantic or common/ then
+# would re-enter the half-imported module that asked for it: they are imported only when this file is itself.
 if __name__ != "email":
     import logging
     from pathlib import Path
@@ -107,7 +104,7 @@ class Emails(Store):  # type: ignore[misc,valid-type]
 
     def __init__(self, settings: "EmailSettings", sleep) -> None:
         self.ledger = Ledger(settings.ledger_path, settings.group_id)
-        self.transport = mail.Smtp(settings) if settings.smtp_host else mail.Outbox(settings.outbox)
+        self.transport = mail.transport_for(settings, settings.outbox)
         self.sender, self.sleep = settings.smtp_from, sleep
         self.description = (f" through smtp://{settings.smtp_host}:{settings.smtp_port}" if settings.smtp_host
                             else f" into {settings.outbox}/") + f"; ledger {settings.ledger_path}"
@@ -140,17 +137,8 @@ class Emails(Store):  # type: ignore[misc,valid-type]
 
 def main(argv: list[str] | None = None) -> int:
     settings = cli.load(EmailSettings, argv, __doc__)
-
-    def open_store(shutdown) -> Emails:
-        emails = Emails(settings, shutdown.sleep)
-        try:  # a configuration that cannot work stops here, before a ride is read (Fatal)
-            emails.transport.open()
-        except mail.TRANSPORT_ERRORS as e:
-            log.warning("the SMTP server is not reachable yet (%s: %s); each email retries it", type(e).__name__, e)
-        return emails
-
-    return apply.run(settings, topics.RIDE_CONFIRMED, schemas.RideConfirmed, open_store,
-                     summary=lambda tally: tally.line(*SUMMARY), progress=SUMMARY)
+    return apply.run(settings, topics.RIDE_CONFIRMED, schemas.RideConfirmed, lambda s: Emails(settings, s.sleep),
+                     summary=lambda tally, _store: tally.line(*SUMMARY), progress=SUMMARY)
 
 
 if __name__ == "__main__":

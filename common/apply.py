@@ -245,11 +245,11 @@ def source_topic_id(admin: KafkaAdminClient, settings: ConsumerSettings, source:
 
 
 def run(settings: ConsumerSettings, source: str, model: type[Message], make_store: Callable[[Shutdown], Store],
-        summary: Callable[[loop.Tally], str], every: float = 10.0,
+        summary: Callable[[loop.Tally, Any], str], every: float = 10.0,
         progress: tuple[str, ...] = ()) -> int:
     """Run the loop: apply every record of `source` (a common.topics name) to the store make_store() opens,
-    until SIGINT/SIGTERM. `summary(tally)` is the closing line's text; `progress` the keys of a progress
-    line every `every` seconds."""
+    until SIGINT/SIGTERM. `summary(tally, store)` is the closing line's text; `progress` the keys of a
+    progress line every `every` seconds."""
     shutdown = Shutdown.on_signals()
     store = make_store(shutdown)  # first: a store that cannot be opened stops the script before Kafka is asked
     try:
@@ -263,5 +263,5 @@ def run(settings: ConsumerSettings, source: str, model: type[Message], make_stor
         store.close()
         raise
     log.info("%s from %s (group %s)%s", store.doing, settings.topic(source), settings.group_id, store.description)
-    return loop.run(shape, shutdown, lambda: summary(shape.tally), every=every,
+    return loop.run(shape, shutdown, lambda: summary(shape.tally, store), every=every,
                     progress=(lambda: shape.tally.line(*progress)) if progress else None)

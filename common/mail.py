@@ -164,6 +164,19 @@ class Smtp:
                 conn.close()
 
 
+def transport_for(settings: SmtpSettings, outbox: Path) -> Outbox | Smtp:
+    """SMTP if settings.smtp_host is set, else the outbox; SMTP connects (and logs in) at once, so that a
+    configuration that cannot work stops the script before a ride is read (Fatal)."""
+    if not settings.smtp_host:
+        return Outbox(outbox)
+    smtp = Smtp(settings)
+    try:
+        smtp.open()
+    except TRANSPORT_ERRORS as e:
+        log.warning("the SMTP server is not reachable yet (%s: %s); each email retries it", type(e).__name__, e)
+    return smtp
+
+
 class Refused(PoisonRecord):
     """The server refused this email for good (5xx): retrying cannot help, the ride is set aside."""
 
