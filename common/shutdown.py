@@ -15,7 +15,8 @@ import threading
 
 log = logging.getLogger(__name__)
 
-# DESIGN.md: a script exits within 10 s of SIGINT/SIGTERM; leave a second for the interpreter to exit.
+# docs/architecture.md (contracts): a script exits within 10 s of SIGINT/SIGTERM; a second is left for the
+# interpreter to exit.
 STOP_DEADLINE = 9.0
 
 

@@ -43,7 +43,7 @@ from tools.broker import BrokerError, LocalBroker, metadata_ok, port_is_free, wa
 
 DEFAULT_HOST, DEFAULT_PORT = "localhost", 9092
 CONSUMERS = ("transaction", "email", "analysis")
-STOP_TIMEOUT = 15.0  # DESIGN.md promises 10 s; a little slack for a busy 2-core machine
+STOP_TIMEOUT = 15.0  # the scripts promise 10 s (docs/architecture.md); a little slack for a busy 2-core machine
 SETTLE_TIMEOUT = 180.0  # from rides.py's exit until every ride is decided, emailed and analysed
 
 _print_lock = threading.Lock()

@@ -36,7 +36,7 @@ from common import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Contract of DESIGN.md: a script exits within 10 s of SIGTERM.
+# A contract (docs/architecture.md): a script exits within 10 s of SIGTERM.
 STOP_TIMEOUT = 10.0
 
 

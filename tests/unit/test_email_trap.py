@@ -1,4 +1,4 @@
-"""The email.py trap (DESIGN.md, "Known traps"): a top-level email.py shadows the standard library's
+"""The email.py trap (docs/architecture.md, "The email.py trap"): a top-level email.py shadows the standard library's
 `email` package wherever the project root is on sys.path. Every entry point must still work; these tests
 run each one for real, from the project root, as a user would type it."""
 
