@@ -88,8 +88,7 @@ def render(stats: Stats, now: datetime, minutes: int = 5, zones: int = 8) -> str
             lines.append(f"  ... and {len(busiest) - zones} more zones")
     if stats.all.rides:
         windows = [_minute(now - timedelta(minutes=i)) for i in reversed(range(minutes))]
-        lines.append("  rides per minute (UTC): "
-                     + "  ".join(f"{w[-5:]} {stats.minutes.get(w, 0)}" for w in windows))
+        lines.append("  rides per minute (UTC): " + "  ".join(f"{w[-5:]} {stats.minutes.get(w, 0)}" for w in windows))
     return "\n".join(lines)
 
 
@@ -110,7 +109,8 @@ class Analysis(apply.Folded):
 
     def __init__(self, settings: AnalysisSettings) -> None:
         super().__init__(settings.state, Stats, fold, "cannot be counted")
-        self.minutes, self.shown = settings.minutes, None
+        self.minutes = settings.minutes
+        self.shown: tuple[int, int] | None = None  # (rides, dead letters) in the table last printed
 
     def set_aside(self, record, ride, reason: str) -> None:
         self.state.dead_lettered += 1

@@ -57,7 +57,7 @@ if __name__ != "email":
         def ledger_path(self) -> Path:
             return self.ledger or self.outbox / LEDGER_NAME
 else:  # imported as the standard library's `email` by mistake (above): nothing below is used
-    Store = object
+    Store = object  # type: ignore[assignment,misc]
 
 
 def message_id(ride_id: UUID, sender: str) -> str:
@@ -97,7 +97,7 @@ def render(ride: "schemas.RideConfirmed", sender: str | None = None) -> EmailMes
     return msg
 
 
-class Emails(Store):  # type: ignore[misc,valid-type]
+class Emails(Store):
     """The loop's store: emails each ride once, the ledger deciding whether it must be emailed at all."""
 
     script, doing = "email.py", "emailing confirmed rides"

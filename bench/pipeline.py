@@ -327,6 +327,7 @@ def raw_consume(bootstrap: str, topic: str, n: int) -> float:
                 raise BenchError(f"raw consumer: {count} of {n} records read, then nothing for {STALL_TIMEOUT:.0f} s")
         if count != n:
             raise BenchError(f"raw consumer: read {count} records, {n} were produced")
+        assert first is not None  # n > 0 records were read
         return rate_between(first, (time.perf_counter(), count))
     finally:
         consumer.close()
@@ -444,6 +445,7 @@ def run_transaction(tree: Path, bootstrap: str, prefix: str, guarantee: str, n: 
     if done != n:
         raise BenchError(f"transaction.py ({guarantee}): {done} offsets committed for {n} rides")
     script.stop()
+    assert first is not None  # n > 0 rides were committed
     return rate_between(first, last), _summary(script)
 
 

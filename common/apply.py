@@ -173,7 +173,7 @@ class Applier:
     def apply(self, records: list[ConsumerRecord]) -> tuple[int, list[FutureRecordMetadata]]:
         """Apply records until done or asked to stop: how many were handled (a prefix of the batch), and
         the futures of the dead letters sent."""
-        sends = []
+        sends: list[FutureRecordMetadata] = []
         saved = self.store.resume_from
         for i, record in enumerate(records):
             if self.stop_requested():

@@ -35,9 +35,10 @@ def load(settings_cls: type[S], argv: Sequence[str] | None = None, doc: str | No
     environment > .env > default). `doc`'s first paragraph describes the script in --help. A bad value,
     from any of them, prints usage and one line and exits 2."""
     p = argparse.ArgumentParser(description=(doc or "").strip().split("\n\n")[0])
-    flags = CliSettingsSource(settings_cls, root_parser=p, add_argument_method=_flag_adder(settings_cls),
-                              cli_kebab_case=True,  # --bootstrap-servers, not --bootstrap_servers
-                              cli_implicit_flags="toggle")  # a bool that defaults to off is a plain --flag
+    flags: CliSettingsSource[argparse.ArgumentParser] = CliSettingsSource(
+        settings_cls, root_parser=p, add_argument_method=_flag_adder(settings_cls),
+        cli_kebab_case=True,  # --bootstrap-servers, not --bootstrap_servers
+        cli_implicit_flags="toggle")  # a bool that defaults to off is a plain --flag
     try:
         settings = settings_cls(_cli_settings_source=flags(args=list(sys.argv[1:] if argv is None else argv)))
     except ValidationError as e:

@@ -185,7 +185,7 @@ def refused_for_good(error: Exception) -> str | None:
     """Why the server refused this one email for good (5xx to its recipient, or to its DATA), else None.
     A 4xx is temporary, and a refused sender or login is the configuration's: those are retried, then stop."""
     if isinstance(error, smtplib.SMTPRecipientsRefused):
-        codes = list(error.recipients.values())
+        codes: list[tuple[int, bytes | str]] = list(error.recipients.values())
     elif isinstance(error, smtplib.SMTPDataError):
         codes = [(error.smtp_code, error.smtp_error)]
     else:

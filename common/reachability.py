@@ -29,8 +29,8 @@ class Reachability:
         self.where = where
         self.grace = grace
         self.clock = clock
-        self.lost_at: float | None = None  # when Kafka was first seen unreachable; None while reachable
-        self.lost_wall: datetime | None = None
+        # When Kafka was first seen unreachable (clock, wall clock); None while reachable.
+        self.lost: tuple[float, datetime] | None = None
         self.warned = False
 
     def update(self, reachable: bool | None) -> None:
@@ -39,15 +39,15 @@ class Reachability:
             return
         now = self.clock()
         if reachable:
-            if self.warned:
-                log.info("Kafka is back at %s after %.0f s", self.where, now - self.lost_at)
-            self.lost_at, self.lost_wall, self.warned = None, None, False
-        elif self.lost_at is None:
-            self.lost_at, self.lost_wall = now, datetime.now(timezone.utc)
-        elif not self.warned and now - self.lost_at >= self.grace:
+            if self.warned and self.lost:
+                log.info("Kafka is back at %s after %.0f s", self.where, now - self.lost[0])
+            self.lost, self.warned = None, False
+        elif self.lost is None:
+            self.lost = now, datetime.now(timezone.utc)
+        elif not self.warned and now - self.lost[0] >= self.grace:
             self.warned = True
             log.warning("Kafka is unreachable at %s (since %s); waiting for it", self.where,
-                        self.lost_wall.strftime("%H:%M:%S"))
+                        self.lost[1].strftime("%H:%M:%S"))
 
 
 def reachable(client) -> bool | None:

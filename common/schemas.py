@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Final, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from common.errors import PoisonRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
 Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
@@ -78,6 +78,7 @@ class Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", str_max_length=1000)
 
     schema_version: Literal[1] = SCHEMA_VERSION
+    ride_id: UUID  # every record's key, end to end
 
 
 class Place(BaseModel):
@@ -91,7 +92,6 @@ class Place(BaseModel):
 class RideRequest(Message):
     """On ride_details: a customer asks for a ride (produced by rides.py)."""
 
-    ride_id: UUID
     customer_id: Identifier
     customer_email: Email
     # Optional so that requests from producers that predate it stay valid (same schema_version).
@@ -116,7 +116,6 @@ class RideConfirmed(RideRequest):
 class RideRejected(Message):
     """On ride_rejected: a valid request that cannot be served, with the reason (transaction.py)."""
 
-    ride_id: UUID
     customer_id: Identifier
     reason: Annotated[str, Field(min_length=1, max_length=500)]
     rejected_at: Timestamp

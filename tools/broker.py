@@ -279,7 +279,7 @@ class LocalBroker:
         """
         if self.is_running():
             raise RuntimeError(f"already running at {self.bootstrap_servers}")
-        self._lock_data_dir()  # first: nothing in a data dir in use may be touched, not even read
+        dir_lock = self._lock_data_dir()  # first: nothing in a data dir in use may be touched, not even read
         java = check_java(self.java_home)
         libs = resolve_libs(self.kafka_home, self.cache_dir)
         if fresh:  # empty it, but keep the folder: the lock is on it
@@ -316,13 +316,13 @@ class LocalBroker:
             out.flush()
             # Own session and process group: Ctrl-C in a terminal reaches only the launcher, which then
             # stops the JVM cleanly; and the watchdog can signal the whole group.
-            self.proc = subprocess.Popen(
+            self.proc = proc = subprocess.Popen(
                 [java, f"-Xms{HEAP}", f"-Xmx{HEAP}", "-Djava.awt.headless=true", log4j,
                  "-cp", classpath, "kafka.Kafka", str(server_properties)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 # The JVM shares the data dir's lock: if this launcher is killed, the dir stays locked
                 # until its broker, stopped by the watchdog, is gone too.
-                pass_fds=(self._dir_lock,),
+                pass_fds=(dir_lock,),
             )  # fmt: skip
         # For people and tests who need the JVM's pid (e.g. to check that nothing is left running).
         (self.data_dir / "broker.pid").write_text(f"{self.proc.pid}\n")
@@ -337,7 +337,7 @@ class LocalBroker:
             atexit.register(self.stop)
             self._atexit_registered = True
         try:
-            self._wait_ready()
+            self._wait_ready(proc, self.port)
         except BaseException:
             self.stop()
             raise
@@ -365,6 +365,7 @@ class LocalBroker:
                 proc.wait()
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
+            assert watchdog.stdin is not None  # started with stdin=PIPE
             with contextlib.suppress(BrokenPipeError, OSError):
                 watchdog.stdin.write(b"stopped")
                 watchdog.stdin.close()
@@ -404,11 +405,12 @@ class LocalBroker:
 
     # -- internals
 
-    def _lock_data_dir(self) -> None:
-        """Hold a flock on the data dir itself for as long as this launcher uses it. A second launcher on it
-        would rewrite the running broker's configs and port, and its broker would corrupt the data."""
+    def _lock_data_dir(self) -> int:
+        """Hold a flock on the data dir itself for as long as this launcher uses it; returns the descriptor.
+        A second launcher on it would rewrite the running broker's configs and port, and its broker would
+        corrupt the data."""
         if self._dir_lock is not None:
-            return
+            return self._dir_lock
         self.data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.data_dir, os.O_RDONLY)
         try:
@@ -420,6 +422,7 @@ class LocalBroker:
                 "stopping). Fix: stop that one first (its Ctrl-C), or pass another --data-dir"
             ) from None
         self._dir_lock = fd
+        return fd
 
     def _load_state(self) -> dict:
         try:
@@ -487,12 +490,12 @@ class LocalBroker:
         )
         return path
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, proc: subprocess.Popen, port: int) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while True:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise BrokerError(
-                    f"the broker died while starting (exit {self.proc.returncode}); last lines of "
+                    f"the broker died while starting (exit {proc.returncode}); last lines of "
                     f"{self.log_file}: {self.log_tail()}. Fix: see that log; --fresh starts with empty data"
                 )
             if time.monotonic() > deadline:
@@ -500,7 +503,7 @@ class LocalBroker:
                     f"the broker did not become ready within {self.ready_timeout:.0f} s; last lines of "
                     f"{self.log_file}: {self.log_tail()}. Fix: see that log; --fresh starts with empty data"
                 )
-            if _accepts_connections(self.port) and metadata_ok(self.bootstrap_servers):
+            if _accepts_connections(port) and metadata_ok(self.bootstrap_servers):
                 return
             time.sleep(0.3)
 
@@ -608,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             f"bootstrap.servers={bootstrap}  (data {broker.data_dir}, log {broker.log_file}; Ctrl-C stops it)",
             flush=True,
         )
+        assert broker.proc is not None  # start() returned
         while broker.proc.poll() is None:
             time.sleep(0.5)
         code = broker.proc.returncode

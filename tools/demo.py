@@ -200,6 +200,7 @@ class Scripts:
         return proc
 
     def _pump(self, name: str, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None  # started with stdout=PIPE
         for raw in proc.stdout:
             line = raw.rstrip()
             self.last_line[name] = line

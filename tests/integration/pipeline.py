@@ -228,7 +228,7 @@ def read_until(
             for part in batch.values():
                 records.extend(part)
                 last_new = now
-            if not satisfied and done(records):
+            if not satisfied and done is not None and done(records):
                 satisfied, last_new = True, now
             if satisfied and now - last_new >= quiet:
                 return records

@@ -33,6 +33,6 @@ def stalled_commit(self: KafkaProducer) -> None:
 
 
 HOW = sys.argv[1]
-KafkaProducer.commit_transaction = stalled_commit  # type: ignore[method-assign]
+KafkaProducer.commit_transaction = stalled_commit
 sys.argv = [str(ROOT / "transaction.py"), *sys.argv[2:]]
 runpy.run_path(str(ROOT / "transaction.py"), run_name="__main__")

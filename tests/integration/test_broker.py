@@ -192,6 +192,7 @@ def _start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 
 def _read_bootstrap(proc: subprocess.Popen, timeout: float = 120.0) -> str:
+    assert proc.stdout is not None and proc.stderr is not None  # started with both piped
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()

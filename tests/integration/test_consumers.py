@@ -43,8 +43,8 @@ def confirmed_rides(n: int, seed: int = 1) -> list[schemas.RideConfirmed]:
         rides.append(schemas.RideConfirmed(
             ride_id=UUID(int=rnd.getrandbits(128), version=4), customer_id=f"cust-{i % 50}",
             customer_email=f"rider{i % 50}@example.com",
-            pickup={"lat": 52.5 + rnd.random() / 10, "lon": 13.3 + rnd.random() / 10, "zone": rnd.choice(ZONES)},
-            dropoff={"lat": 52.5 + rnd.random() / 10, "lon": 13.3 + rnd.random() / 10, "zone": rnd.choice(ZONES)},
+            pickup=schemas.Place(lat=52.5 + rnd.random() / 10, lon=13.3 + rnd.random() / 10, zone=rnd.choice(ZONES)),
+            dropoff=schemas.Place(lat=52.5 + rnd.random() / 10, lon=13.3 + rnd.random() / 10, zone=rnd.choice(ZONES)),
             requested_at=at - timedelta(seconds=1), driver_id=f"drv-{rnd.randrange(20):03d}",
             distance_km=round(rnd.uniform(0.5, 15), 2), pickup_eta_minutes=round(rnd.uniform(1, 15), 1),
             fare=Decimal(rnd.randrange(500, 5000)) / 100, currency="EUR", confirmed_at=at,

@@ -141,7 +141,7 @@ def test_malformed_letters_are_listed_with_what_is_wrong_and_never_replayed(kafk
 
     def letter(i: int, **changes: bytes | None) -> list[tuple[str, bytes]]:
         record = ConsumerRecord(source, 1, -1, 100 + i, 1_700_000_000_000, 0, b"k", b"v", [], None, 0, 0, 0)
-        headers = dict(headers_for(record, f"reason {i}", "tests-group"))
+        headers: dict[str, bytes | None] = dict(headers_for(record, f"reason {i}", "tests-group"))
         for name, value in changes.items():
             name = "dlq." + name.replace("_", ".")
             headers[name] = value

@@ -56,7 +56,8 @@ def transaction_py(bootstrap: str, prefix: str, tmp_path, *args: str) -> Script:
 def expected_outcomes(bootstrap: str, prefix: str) -> tuple[set[str], set[str], int]:
     """From what is in ride_details: the ride ids to be confirmed, to be rejected, and the record count."""
     details = read_all(bootstrap, prefix + "ride_details")
-    confirm, reject = set(), set()
+    confirm: set[str] = set()
+    reject: set[str] = set()
     for r in details:
         try:
             request = schemas.decode(RideRequest, r.key, r.value)

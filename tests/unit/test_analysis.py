@@ -22,7 +22,7 @@ T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 def ride(zone="Mitte", eta=6.0, fare="12.00", at=T0, currency="EUR") -> schemas.RideConfirmed:
     return schemas.RideConfirmed(
         ride_id=uuid4(), customer_id="c1", customer_email="c1@example.com",
-        pickup={"lat": 52.52, "lon": 13.4, "zone": zone}, dropoff={"lat": 52.5, "lon": 13.41, "zone": "Pankow"},
+        pickup=schemas.Place(lat=52.52, lon=13.4, zone=zone), dropoff=schemas.Place(lat=52.5, lon=13.41, zone="Pankow"),
         requested_at=at, driver_id="d1", distance_km=2.0, pickup_eta_minutes=eta, fare=Decimal(fare),
         currency=currency, confirmed_at=at,
     )

@@ -5,12 +5,14 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 # bench/ is a folder of scripts, not a package: load the script by path.
 _PATH = Path(__file__).resolve().parents[2] / "bench" / "pipeline.py"
 _spec = importlib.util.spec_from_file_location("bench_pipeline", _PATH)
+assert _spec is not None and _spec.loader is not None
 bench = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = bench  # dataclasses look their module up there
 _spec.loader.exec_module(bench)
@@ -36,7 +38,7 @@ def test_megabytes_per_s():
     assert bench.megabytes_per_s(10_000, 375) == pytest.approx(3.75)
 
 
-def report() -> "bench.Report":
+def report() -> Any:  # a bench.Report (bench is loaded by path: mypy cannot name its types)
     r = bench.Report(rides=20_000, record_bytes=375.4, machine={
         "cores": "2", "platform": "Linux x86_64", "python": "3.11.7", "kafka_python": "3.0.12",
         "kafka": "4.3.1", "crc32c": "pure Python", "load_before": "1.00", "load_after": "2.00"})
@@ -138,7 +140,7 @@ def test_without_a_baseline_each_script_figure_runs_once_at_now():
     assert calls == [(f, bench.NOW) for f in bench.SCRIPT_FIGURES]
 
 
-def baseline_report() -> "bench.Report":
+def baseline_report() -> Any:
     _, runs = fake_runs(baseline=True)
     r = report()
     r.baseline = "943e8ac"

@@ -129,7 +129,7 @@ def test_home_partition_is_where_kafkas_default_partitioner_puts_the_key(partiti
 
 def test_restore_skips_unusable_records_and_rides_of_other_partitions():
     store = DecidedRides(window_ms=HOUR)
-    changelog = Changelog(None, "src", "log", store, None, "test")  # type: ignore[arg-type]
+    changelog = Changelog(None, "src", "log", store, None, "test")
     ours = next(u for u in (uuid.uuid4() for _ in range(100)) if home_partition(str(u).encode(), 6) == 2)
     theirs = next(u for u in (uuid.uuid4() for _ in range(100)) if home_partition(str(u).encode(), 6) != 2)
 

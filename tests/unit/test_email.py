@@ -52,7 +52,7 @@ def ride(ride_id: UUID = RIDE_ID, **changes) -> schemas.RideConfirmed:
         confirmed_at=datetime(2026, 3, 1, 8, 0, 2, tzinfo=timezone.utc),
     )
     fields.update(changes)
-    return schemas.RideConfirmed(**fields)
+    return schemas.RideConfirmed.model_validate(fields)
 
 
 def record(value: bytes | None, key: bytes | None = None, offset: int = 0, partition: int = 0) -> ConsumerRecord:

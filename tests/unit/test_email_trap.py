@@ -79,7 +79,7 @@ def test_importing_the_tools_package_puts_the_standard_library_email_first():
 def test_in_this_process_email_is_the_standard_library_package():
     assert hasattr(email, "__path__")
     assert Path(email.__file__).resolve().parent == STDLIB / "email"
-    assert smtplib.SMTP and http.client.HTTPConnection
+    assert callable(smtplib.SMTP) and callable(http.client.HTTPConnection)
     assert importlib.metadata.version("pytest")
     from email.message import EmailMessage
 

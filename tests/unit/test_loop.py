@@ -18,7 +18,8 @@ class FakeShape:
     consumer = None
 
     def __init__(self, shutdown: Shutdown, script: list) -> None:
-        self.shutdown, self.script, self.events = shutdown, list(script), []
+        self.shutdown, self.script = shutdown, list(script)
+        self.events: list[str] = []
 
     def process(self, records) -> None:
         step = self.script.pop(0) if self.script else "stop"

@@ -8,6 +8,7 @@ dead-lettered) and never raise anything else (which would crash a consumer on ev
 
 import json
 import uuid
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -19,7 +20,7 @@ from tests.unit.strategies import encoded_word_emails, json_values, ride_confirm
 
 REASON_LIMIT = 500  # schemas.describe() keeps a reason to one short line
 REQUIRED = ["ride_id", "customer_id", "customer_email", "pickup", "dropoff", "requested_at"]
-VALID = {
+VALID: dict[str, Any] = {
     "schema_version": 1,
     "ride_id": "0b0ead10-f761-401b-91a4-cb7a44dd6f2c",
     "customer_id": "cust-00042",

@@ -28,7 +28,7 @@ print("unreachable", flush=True)
 def start(code: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    assert proc.stdout.readline().strip() == "ready"
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
 

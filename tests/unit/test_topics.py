@@ -24,11 +24,11 @@ def test_a_broker_still_registering_is_a_pause_not_an_error():
     # Seen in CI: transaction.py started while the broker restarted died on it at once.
     admin = Admin(InvalidReplicationFactorError.errno, "only 0 broker(s) are registered")
     with pytest.raises(KafkaTimeoutError, match="only 0 broker") as e:
-        clients.create_topics(admin, Settings(), [topics.RIDE_DETAILS])  # type: ignore[arg-type]
+        clients.create_topics(admin, Settings(), [topics.RIDE_DETAILS])
     assert e.value.retriable
 
 
 def test_a_real_refusal_is_not_retried():
     admin = Admin(TopicAuthorizationFailedError.errno, "not authorized")
     with pytest.raises(TopicAuthorizationFailedError):
-        clients.create_topics(admin, Settings(), [topics.RIDE_DETAILS])  # type: ignore[arg-type]
+        clients.create_topics(admin, Settings(), [topics.RIDE_DETAILS])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 from datetime import datetime, timezone
+from typing import Literal
 
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
@@ -82,7 +83,8 @@ class FakeConsumer:
         self.calls.append(("seek", tp.partition, offset))
 
 
-def transform_loop(calls: list, guarantee: str = "exactly-once", fail_on: str | None = None) -> transform.TransformLoop:
+def transform_loop(calls: list, guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once",
+                   fail_on: str | None = None) -> transform.TransformLoop:
     """A TransformLoop on fake clients (no broker: its constructor would connect)."""
     t = transform.TransformLoop.__new__(transform.TransformLoop)
     t.settings = TransformSettings(group_id="g", topic_prefix="p.", guarantee=guarantee)
