@@ -92,7 +92,8 @@ class TransformLoop:
         self.exactly_once = settings.guarantee == "exactly-once"
         self.client_id = f"{settings.group_id}-{settings.instance}"
         self.source = settings.topic(topics.RIDE_DETAILS)
-        self.tally = loop.Tally()
+        self.tally = loop.Tally()  # committed batches only: what the progress and summary lines report
+        self.pending = loop.Tally()  # the batch in progress: added to the tally once it is committed
         self.in_transaction = False
         self.producer = self._connect_producer()
         self.decided = DecidedRides(settings.dedup_window_ms)
@@ -158,7 +159,7 @@ class TransformLoop:
                 outs = record_step("cannot be processed", self.transform, message, now)
             except PoisonRecord as e:
                 futures.append(self.dead_letters.send(record, str(e)))
-                self.tally["dead_lettered"] += 1
+                self.pending["dead_lettered"] += 1
                 continue
             if fingerprint:
                 self.decided.stage(record.partition, message.ride_id, fingerprint)
@@ -167,7 +168,7 @@ class TransformLoop:
                     log.info("%s: ride %s %s", where(record), message.ride_id, out.note)
                 futures.append(self.producer.send(self.settings.topic(out.topic), key=schemas.ride_key(message.ride_id),
                                                   value=schemas.encode(out.message)))
-                self.tally[out.counted_as] += 1
+                self.pending[out.counted_as] += 1
         return futures
 
     def _first_time(self, record: ConsumerRecord, message: Any, partitions: int) -> str:
@@ -187,7 +188,7 @@ class TransformLoop:
         if reason is not None:
             raise PoisonRecord(reason)
         log.info("%s: ride %s was already decided: duplicate request dropped", where(record), message.ride_id)
-        self.tally["duplicates"] += 1
+        self.pending["duplicates"] += 1
         return ""
 
     def _await_delivery(self, futures: list) -> None:
@@ -213,6 +214,7 @@ class TransformLoop:
     def commit(self, records: list[ConsumerRecord]) -> None:
         """Process one batch and commit its outputs and offsets as one (see the module docstring)."""
         now = datetime.now(timezone.utc)
+        self.pending.clear()  # what a failed batch counted: it is read again
         if self.exactly_once:
             self.producer.begin_transaction()
             self.in_transaction = True
@@ -231,6 +233,7 @@ class TransformLoop:
             self._await_delivery(self._changelog())
             consume.commit(self.consumer, records)  # ... then the offsets: at-least-once
         self.decided.commit(int(now.timestamp() * 1000))
+        self.tally.update(self.pending)
         self.tally["batches"] += 1
 
     def recover(self, records: list[ConsumerRecord], error: KafkaError, started: float) -> None:

@@ -90,7 +90,8 @@ def transform_loop(calls: list, guarantee: Literal["exactly-once", "at-least-onc
     t.settings = TransformSettings(group_id="g", topic_prefix="p.", guarantee=guarantee)
     t.shutdown, t.model, t.transform, t.fingerprint = Shutdown(), schemas.RideRequest, transaction.outputs, \
         transaction.fingerprint
-    t.exactly_once, t.source, t.tally, t.in_transaction = guarantee == "exactly-once", SOURCE, loop.Tally(), False
+    t.exactly_once, t.source, t.tally, t.pending = guarantee == "exactly-once", SOURCE, loop.Tally(), loop.Tally()
+    t.in_transaction = False
     t.producer, t.consumer = FakeProducer(calls, fail_on), FakeConsumer(calls)
     t.dead_letters = DeadLetters(t.producer, "g")
     t.decided = DecidedRides(t.settings.dedup_window_ms)
@@ -201,3 +202,21 @@ def test_fenced_errors_are_fatal_and_others_are_not():
 
 def test_the_rides_requests_spread_over_partitions_so_these_tests_see_several():
     assert len({r.partition for r in batch(20, seed=random.Random(1).randrange(100))}) > 1
+
+
+@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+def test_only_committed_batches_are_counted_so_a_batch_read_again_after_a_failure_counts_once(guarantee):
+    calls: list = []
+    t = transform_loop(calls, guarantee, fail_on="commit" if guarantee == "exactly-once" else "flush")
+    first = next(rides.rides(11))
+    records = [*batch(3), record_of(first, 3), record_of(first, 4), batch(1)[0]._replace(value=b"{", offset=5)]
+    with pytest.raises(KafkaError):
+        t.commit(records)
+    t.recover(records, KafkaConnectionError("failed"), started=time.monotonic())
+    assert t.tally.line("confirmed", "rejected", "duplicates", "dead_lettered", "batches") == \
+        "confirmed=0 rejected=0 duplicates=0 dead_lettered=0 batches=0"
+    t.producer.fail_on = None
+    t.commit(records)
+    counts = t.tally
+    assert (counts["confirmed"] + counts["rejected"], counts["duplicates"], counts["dead_lettered"]) == (4, 1, 1)
+    assert (counts["batches"], counts["aborted"]) == (1, 1)
