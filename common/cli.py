@@ -39,8 +39,13 @@ def load(settings_cls: type[S], argv: Sequence[str] | None = None, doc: str | No
         settings_cls, root_parser=p, add_argument_method=_flag_adder(settings_cls),
         cli_kebab_case=True,  # --bootstrap-servers, not --bootstrap_servers
         cli_implicit_flags="toggle")  # a bool that defaults to off is a plain --flag
+    given = flags(args=list(sys.argv[1:] if argv is None else argv))
+    # A flag-only setting (a consumer group) takes its flag or its default, never the environment or .env:
+    # one RIDES_GROUP_ID would put every consumer in one group. Keyword arguments beat those sources.
+    fixed = {name: field.default for name, field in settings_cls.model_fields.items()
+             if _extra(field).get("flag_only") and name not in given()}
     try:
-        settings = settings_cls(_cli_settings_source=flags(args=list(sys.argv[1:] if argv is None else argv)))
+        settings = settings_cls(_cli_settings_source=given, **fixed)
     except ValidationError as e:
         p.error(_one_line(e, settings_cls))  # prints usage and one line, exits 2
     logging.getLogger().setLevel(settings.log_level)
@@ -52,7 +57,9 @@ def load(settings_cls: type[S], argv: Sequence[str] | None = None, doc: str | No
 
 def env_names(name: str, field: FieldInfo) -> list[str]:
     """The environment variables (and .env keys) a field is read from: its aliases after its own name (the
-    standard names, such as SMTP_HOST), else RIDES_<NAME>."""
+    standard names, such as SMTP_HOST), else RIDES_<NAME>; none for a flag-only field."""
+    if _extra(field).get("flag_only"):
+        return []
     if isinstance(field.validation_alias, AliasChoices):
         return [str(alias).upper() for alias in field.validation_alias.choices[1:]]
     return [f"RIDES_{name.upper()}"]
@@ -64,7 +71,7 @@ def _flag_adder(settings_cls: type[Settings]) -> Callable[..., argparse.Action]:
 
     def add(parser: argparse.ArgumentParser, *names: str, dest: str, help: str, **kwargs: Any) -> argparse.Action:
         field = settings_cls.model_fields[dest]
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        extra = _extra(field)
         if "metavar" in kwargs and get_origin(field.annotation) is not Literal:  # a Literal's shows its choices
             kwargs["metavar"] = extra.get("metavar", dest.upper())
         text = field.description or ""
@@ -72,8 +79,9 @@ def _flag_adder(settings_cls: type[Settings]) -> Callable[..., argparse.Action]:
             default = field.default
             shown = "none" if default in (None, "") else f"{default:g}" if isinstance(default, float) else default
             text += f" (default: {shown})"
-        return parser.add_argument("--" + dest.replace("_", "-"), dest=dest,
-                                   help=f"{text} [env: {', '.join(env_names(dest, field))}]", **kwargs)
+        if env_names(dest, field):
+            text += f" [env: {', '.join(env_names(dest, field))}]"
+        return parser.add_argument("--" + dest.replace("_", "-"), dest=dest, help=text, **kwargs)
 
     return add
 
@@ -91,8 +99,9 @@ def _one_line(error: ValidationError, settings_cls: type[Settings]) -> str:
         if name is None:
             problems.append(msg)
         else:
-            field = settings_cls.model_fields[name]
-            problems.append(f"--{name.replace('_', '-')} (or {' or '.join(env_names(name, field))}): {msg}")
+            variables = " or ".join(env_names(name, settings_cls.model_fields[name]))
+            flag = f"--{name.replace('_', '-')}" + (f" (or {variables})" if variables else "")
+            problems.append(f"{flag}: {msg}")
     return "; ".join(problems)
 
 
@@ -142,3 +151,7 @@ def parse_summary(log: str) -> dict[str, int | float | str]:
         else:
             result[key] = raw
     return result
+
+
+def _extra(field: FieldInfo) -> dict[str, Any]:
+    return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}

@@ -19,8 +19,10 @@ from common.topics import decided_topic
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
 
-# A consumer group: ConsumerSettings' subclasses give it their own default (`group_id: GroupId = "email"`).
-GroupId = Annotated[str, Field(min_length=1, max_length=200, description="consumer group")]
+# A consumer group: ConsumerSettings' subclasses give it their own default (`group_id: GroupId = "email"`). Only
+# its flag changes it: one RIDES_GROUP_ID (or .env line) would put all consumers in one group.
+GroupId = Annotated[str, Field(min_length=1, max_length=200, description="consumer group",
+                               json_schema_extra={"flag_only": True})]  # see common.cli.load
 
 
 class Settings(BaseSettings):

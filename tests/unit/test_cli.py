@@ -107,8 +107,7 @@ def test_each_consumer_has_its_own_default_group():
 
 def test_one_dotenv_holds_every_scripts_settings(clean):
     # Each script's own lines apply; the other scripts' lines are not errors.
-    (clean / ".env").write_text(ENV_EXAMPLE.read_text().replace("# RIDES_", "RIDES_").replace("# SMTP_", "SMTP_")
-                                .replace("RIDES_GROUP_ID", "# RIDES_GROUP_ID"))
+    (clean / ".env").write_text(ENV_EXAMPLE.read_text().replace("# RIDES_", "RIDES_").replace("# SMTP_", "SMTP_"))
     for cls in SCRIPTS.values():
         cli.load(cls, [])
     assert cli.load(rides.RidesSettings, []).count == 1000
@@ -181,6 +180,17 @@ def test_env_example_lists_exactly_each_scripts_settings_with_their_defaults():
         assert sorted(listed) == sorted(name for field, info in cls.model_fields.items()
                                         for name in cli.env_names(field, info)), script
         for field, info in cls.model_fields.items():
-            if info.default is not None:  # a setting without a default shows an example value
+            if info.default is not None and cli.env_names(field, info):  # else: an example value, or flag-only
                 value = listed[cli.env_names(field, info)[0]].strip('"')
                 assert cls(**{field: value}) == cls(), f"{script}: {field}={value!r} is not its default"
+
+
+def test_the_consumer_group_comes_from_its_flag_only_never_from_a_shared_environment_or_dotenv(clean, monkeypatch):
+    # One RIDES_GROUP_ID (or one .env line) would put transaction.py, email.py and analysis.py in one group,
+    # where they would split ride_confirmed's partitions and each silently miss the others' rides.
+    monkeypatch.setenv("RIDES_GROUP_ID", "shared")
+    (clean / ".env").write_text("RIDES_GROUP_ID=shared-too\n")
+    assert {name: cli.load(cls, []).group_id for name, cls in SCRIPTS.items() if name != "rides.py"} \
+        == {"transaction.py": "transaction", "email.py": "email", "analysis.py": "analysis"}
+    assert cli.load(analysis.AnalysisSettings, ["--group-id", "mine"]).group_id == "mine"
+    assert cli.load(analysis.AnalysisSettings, ["--group", "short"]).group_id == "short"  # argparse's abbreviation
