@@ -124,9 +124,7 @@ class Analysis(apply.Folded):
             self.shown = (self.state.all.rides, self.state.dead_lettered)
             print(render(self.state, datetime.now(timezone.utc), self.minutes), flush=True)
 
-    def close(self) -> None:
-        self.state = self.saved()  # what is shown last is what the state file holds
-        super().close()
+    def report(self) -> None:  # once closed, the state is what the file holds
         print(render(self.state, datetime.now(timezone.utc), self.minutes), flush=True)
 
 

@@ -63,7 +63,10 @@ class Store:
         """Every few seconds between batches (analysis.py prints its table)."""
 
     def close(self) -> None:
-        """After the last batch."""
+        """After the last batch (or a start that failed)."""
+
+    def report(self) -> None:
+        """After a run, once closed: what the script shows at the end (analysis.py's last table)."""
 
 
 class Folded(Store):
@@ -109,8 +112,11 @@ class Folded(Store):
 
     def close(self) -> None:
         # No save here: everything folded was saved with its batch, and a batch cut short by an error must
-        # not be saved half-folded.
-        self.file.close()
+        # not be saved half-folded. The state is now what the file holds.
+        try:
+            self.state = self.saved()
+        finally:
+            self.file.close()
 
 
 class ResumeFromStore(consume.LogAssignment):
@@ -225,6 +231,7 @@ class ApplyLoop:
             self.consumer.close(autocommit=False)
         finally:
             self.store.close()
+        self.store.report()
 
 
 def commit_in_order(producer: KafkaProducer, sends: list[FutureRecordMetadata], store: Store,

@@ -260,3 +260,18 @@ def test_a_ride_that_cannot_be_counted_is_refused_whole_and_changes_nothing():
     with pytest.raises(schemas.PoisonRecord, match=r"^cannot be counted: AttributeError"):
         schemas.record_step("cannot be counted", analysis.fold, stats, broken)
     assert stats.to_json() == before  # not half counted: no total, no zone, no minute
+
+
+def test_a_start_that_fails_prints_no_table_only_a_run_that_started_does(tmp_path, capsys, monkeypatch):
+    # The table at exit is what the run counted; a start refused (Kafka unreachable here, or another
+    # source's state file) must not print the state file's old statistics as if they were this run's.
+    from common.errors import Fatal
+
+    monkeypatch.setattr(Shutdown, "on_signals", classmethod(lambda cls: cls()))
+    path = tmp_path / "analysis.db"
+    state = stores.State(path)
+    state.save(fold_all([ride()]).to_json(), {TP0: 1})
+    state.close()
+    with pytest.raises(Fatal, match="Kafka is unreachable"):
+        analysis.main(["--state", str(path), "--bootstrap-servers", "127.0.0.1:1", "--wait", "0"])
+    assert capsys.readouterr().out == ""
