@@ -38,7 +38,8 @@ def load(settings_cls: type[S], argv: Sequence[str] | None = None, doc: str | No
     flags: CliSettingsSource[argparse.ArgumentParser] = CliSettingsSource(
         settings_cls, root_parser=p, add_argument_method=_flag_adder(settings_cls),
         cli_kebab_case=True,  # --bootstrap-servers, not --bootstrap_servers
-        cli_implicit_flags="toggle")  # a bool that defaults to off is a plain --flag
+        cli_implicit_flags="toggle",  # a bool that defaults to off is a plain --flag
+        cli_parse_none_str="\0")  # no value means None: "null" (the default) is text like any other
     given = flags(args=list(sys.argv[1:] if argv is None else argv))
     # A flag-only setting (a consumer group) takes its flag or its default, never the environment or .env:
     # one RIDES_GROUP_ID would put every consumer in one group. Keyword arguments beat those sources.

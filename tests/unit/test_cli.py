@@ -194,3 +194,12 @@ def test_the_consumer_group_comes_from_its_flag_only_never_from_a_shared_environ
         == {"transaction.py": "transaction", "email.py": "email", "analysis.py": "analysis"}
     assert cli.load(analysis.AnalysisSettings, ["--group-id", "mine"]).group_id == "mine"
     assert cli.load(analysis.AnalysisSettings, ["--group", "short"]).group_id == "short"  # argparse's abbreviation
+
+
+def test_null_is_text_like_any_other_value_not_none(clean):
+    # pydantic-settings' CLI source reads "null" as None by default: --smtp-host null would then mean "no SMTP
+    # server" (the outbox) and --seed null a random seed, silently.
+    assert cli.load(rides.RidesSettings, ["--topic-prefix", "null"]).topic_prefix == "null"
+    assert cli.load(em.EmailSettings, ["--smtp-host", "null"]).smtp_host == "null"
+    with pytest.raises(SystemExit):
+        cli.load(rides.RidesSettings, ["--seed", "null"])
