@@ -141,7 +141,8 @@ class TransactionSettings(TransformSettings):
 
 def main(argv: list[str] | None = None) -> int:
     settings = cli.load(TransactionSettings, argv, __doc__)
-    return transform.run(settings, RideRequest, outputs, counted=("confirmed", "rejected"), fingerprint=fingerprint)
+    return transform.run(settings, RideRequest, outputs, counted=("confirmed", "rejected"), fingerprint=fingerprint,
+                         doing="confirming rides", step="cannot be confirmed")
 
 
 if __name__ == "__main__":

@@ -86,9 +86,9 @@ class TransformLoop:
     """The Kafka side of consume-transform-produce: one batch in, its outputs out, committed as one."""
 
     def __init__(self, settings: TransformSettings, shutdown: Shutdown, model: type[Message], transform: Transform,
-                 fingerprint: Fingerprint | None) -> None:
+                 fingerprint: Fingerprint | None, step: str = "cannot be transformed") -> None:
         self.settings, self.shutdown, self.model, self.fingerprint = settings, shutdown, model, fingerprint
-        self.transform = transform
+        self.transform, self.step = transform, step
         self.exactly_once = settings.guarantee == "exactly-once"
         self.client_id = f"{settings.group_id}-{settings.instance}"
         self.source = settings.topic(topics.RIDE_DETAILS)
@@ -156,7 +156,7 @@ class TransformLoop:
                 fingerprint = self._first_time(record, message, partitions) if self.fingerprint else None
                 if fingerprint == "":
                     continue
-                outs = record_step("cannot be processed", self.transform, message, now)
+                outs = record_step(self.step, self.transform, message, now)
             except PoisonRecord as e:
                 futures.append(self.dead_letters.send(record, str(e)))
                 self.pending["dead_lettered"] += 1
@@ -314,10 +314,13 @@ class TransformLoop:
 
 
 def run(settings: TransformSettings, model: type[Message], transform: Transform, counted: tuple[str, ...],
-        fingerprint: Fingerprint | None = None) -> int:
+        fingerprint: Fingerprint | None = None, doing: str = "transforming records",
+        step: str = "cannot be transformed") -> int:
     """Run the loop: consume ride_details, publish transform()'s outputs, until SIGINT/SIGTERM.
 
     counted: the Output.counted_as keys, in the order the progress and summary lines show them.
+    doing: what the start-up line says it does ("confirming rides"); step: the reason a record whose
+    transform() fails is set aside with ("cannot be confirmed: ...").
     fingerprint(message): what makes two requests the same request. Given, each ride_id is decided once
     (for settings.dedup_hours): the same request again is dropped, a different one set aside. The rides
     decided are kept per partition (common.decided) in a changelog topic, written in each batch's
@@ -327,9 +330,9 @@ def run(settings: TransformSettings, model: type[Message], transform: Transform,
     clients.ensure_topics(settings, shutdown)
     if fingerprint:
         clients.ensure_decided_topic(settings, shutdown, settings.group_id, settings.dedup_window_ms)
-    shape = TransformLoop(settings, shutdown, model, transform, fingerprint)
+    shape = TransformLoop(settings, shutdown, model, transform, fingerprint, step)
     keys = (*counted, *(("duplicates",) if fingerprint else ()), "dead_lettered")
-    log.info("reading %s in group %s, %s%s", shape.source, settings.group_id, settings.guarantee,
+    log.info("%s from %s in group %s, %s%s", doing, shape.source, settings.group_id, settings.guarantee,
              f" (transactional.id {settings.transactional_id})" if shape.exactly_once else "")
     return loop.run(shape, shutdown, every=10.0, progress=lambda: shape.tally.line(*keys),
                     summary=lambda: f"{shape.tally.line(*keys, 'batches', 'aborted')} guarantee={settings.guarantee}")
