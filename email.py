@@ -103,8 +103,8 @@ class Emails(Store):
     script, doing = "email.py", "emailing confirmed rides"
 
     def __init__(self, settings: "EmailSettings", sleep) -> None:
+        self.transport = mail.transport_for(settings, settings.outbox)  # first: it may refuse to start (Fatal)
         self.ledger = Ledger(settings.ledger_path, settings.group_id)
-        self.transport = mail.transport_for(settings, settings.outbox)
         self.sender, self.sleep = settings.smtp_from, sleep
         self.description = (f" through smtp://{settings.smtp_host}:{settings.smtp_port}" if settings.smtp_host
                             else f" into {settings.outbox}/") + f"; ledger {settings.ledger_path}"

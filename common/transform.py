@@ -99,8 +99,13 @@ class TransformLoop:
         self.decided = DecidedRides(settings.dedup_window_ms)
         self.changelog = Changelog(settings, self.source, settings.topic(topics.decided_topic(settings.group_id)),
                                    self.decided, shutdown, self.client_id) if fingerprint else None
-        self.consumer = clients.connect(settings, shutdown, lambda: clients.consumer(
-            settings, [self.source], self.client_id, listener=self.changelog or consume.LogAssignment()), "consumer")
+        try:
+            self.consumer = clients.connect(settings, shutdown, lambda: clients.consumer(
+                settings, [self.source], self.client_id, listener=self.changelog or consume.LogAssignment()),
+                "consumer")
+        except BaseException:  # Kafka gone for good, or a stop: what was opened is closed, nothing is pending
+            clients.close_producer(self.producer, timeout=0)
+            raise
 
     # ----------------------------------------------------------------------------------- the producer
 

@@ -65,7 +65,7 @@ class Script:
         log_dir: Path | None = None,
     ) -> None:
         self.name = script
-        argv = [sys.executable, *(["-m", script] if not script.endswith(".py") else [script]), *args]
+        argv = [sys.executable, *(["-m", script] if not script.endswith(".py") else [str(ROOT / script)]), *args]
         if bootstrap is not None:
             argv += ["--bootstrap-servers", bootstrap]
         if prefix is not None:
@@ -77,11 +77,13 @@ class Script:
         stem = f"{Path(script).stem}-{uuid.uuid4().hex[:6]}"
         self.stdout_path = log_dir / f"{stem}.out"
         self.stderr_path = log_dir / f"{stem}.err"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("RIDES_")}
-        full_env.update(env or {})
+        # Only what the test says: none of the developer's RIDES_* or SMTP_* variables, and no .env (the
+        # scripts read it from their current folder, here the test's own; `-m` finds the project by PYTHONPATH).
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("RIDES_", "SMTP_"))}
+        full_env.update({"PYTHONPATH": str(ROOT)}, **(env or {}))
         # O_APPEND files: the child writes, the test reads them through its own file descriptors.
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
-            self.process = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+            self.process = subprocess.Popen(argv, cwd=log_dir, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                             env=full_env)
         self.pid = self.process.pid
 
