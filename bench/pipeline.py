@@ -54,6 +54,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # `python bench/pipeline.py` puts bench/ on the path, not the project. Appended, not prepended: the
 # project's email.py must not shadow the standard library's `email` package in this process.
 sys.path.append(str(PROJECT_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/raw.py, also when loaded by path (tests)
 
 DEFAULT_RIDES = 50_000  # about a minute on 2 cores, broker start included; runs of seconds, not blips
 DEFAULT_SEED = 7
@@ -90,10 +91,22 @@ def megabytes_per_s(records_per_s: float, record_bytes: float) -> float:
 @dataclass
 class Figure:
     name: str
-    records_per_s: float  # the mean of its runs
+    records_per_s: float | None  # the mean of its runs; None: could not be taken (shown as "-")
     mb_per_s: float | None = None
     note: str = ""
     runs: list[float] = field(default_factory=list)  # each run's rate, when there were several
+    peak_rss_mb: float | None = None  # a script's VmHWM just before it stopped (the highest of its runs)
+
+
+@dataclass
+class Latency:
+    """One latency run of the whole pipeline at a steady rate: percentiles in milliseconds."""
+
+    rides_per_s: int
+    seconds: float
+    rides: int  # confirmed rides measured
+    to_confirmed: dict[str, float]  # {"p50": ms, "p95": ms, "p99": ms}
+    to_email: dict[str, float]
 
 
 @dataclass
@@ -105,6 +118,7 @@ class Report:
     figures: list[Figure] = field(default_factory=list)
     ratios: list[tuple[str, float | None]] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
+    latencies: list[Latency] = field(default_factory=list)
     wall_seconds: float = 0.0
 
     def figure(self, name: str) -> float | None:
@@ -114,11 +128,20 @@ class Report:
 RAW_PRODUCER = "raw kafka-python producer"
 RIDES = "rides.py"
 RAW_CONSUMER = "raw kafka-python consumer"
+RAW_ALO = "raw at-least-once loop"
 TX_ALO = "transaction.py at-least-once"
+RAW_EOS = "raw transactional loop"
 TX_EOS = "transaction.py exactly-once"
+RAW_JSON = "raw json consumer"
+ANALYSIS = "analysis.py"
+RAW_FILES = "raw file-writing loop"
+EMAIL = "email.py (outbox)"
+BROKER_LIMIT = "broker limit (Java producer)"
 # The figures of the project's own scripts: these, and only these, are measured at --baseline too (the
 # raw kafka-python figures run this bench's code, the same at any revision).
-SCRIPT_FIGURES = (RIDES, TX_ALO, TX_EOS)
+SCRIPT_FIGURES = (RIDES, TX_ALO, TX_EOS, EMAIL, ANALYSIS)
+# Each script figure over the raw loop that does its I/O with the same client settings: the issue's goals.
+BASELINES = {RIDES: RAW_PRODUCER, TX_ALO: RAW_ALO, TX_EOS: RAW_EOS, EMAIL: RAW_FILES, ANALYSIS: RAW_JSON}
 NOW, BASELINE = "now", "baseline"  # the two trees a script figure runs from
 
 
@@ -133,19 +156,24 @@ def run_order(baseline: bool) -> list[str]:
     return [NOW, BASELINE, BASELINE, NOW] if baseline else [NOW]
 
 
-def measure_scripts(run_one: Callable[[str, str], float], baseline: bool) -> dict[tuple[str, str], list[float]]:
-    """Every script figure's runs, figure after figure, each in run_order: {(figure, side): [rates]}."""
-    runs: dict[tuple[str, str], list[float]] = {}
+def measure_scripts(run_one: Callable[[str, str], tuple[float, float | None] | None],
+                    baseline: bool) -> dict[tuple[str, str], list[tuple[float, float | None]]]:
+    """Every script figure's runs, figure after figure, each in run_order: {(figure, side): [(rate, peak
+    RSS MB)]}. A run that returns None (a baseline whose script cannot take this figure) is left out."""
+    runs: dict[tuple[str, str], list[tuple[float, float | None]]] = {}
     for figure in SCRIPT_FIGURES:
         for side in run_order(baseline):
-            runs.setdefault((figure, side), []).append(run_one(figure, side))
+            result = run_one(figure, side)
+            runs.setdefault((figure, side), [])
+            if result is not None:
+                runs[(figure, side)].append(result)
     return runs
 
 
+COMMITTED = "first committed batch to all N committed (no start-up, no group join)"
 NOTES = {
     RIDES: "its summary line: first send to last ack, no Python start-up",
-    TX_ALO: "first committed batch to all N committed (no start-up, no group join)",
-    TX_EOS: "first committed batch to all N committed (no start-up, no group join)",
+    TX_ALO: COMMITTED, TX_EOS: COMMITTED, EMAIL: COMMITTED, ANALYSIS: COMMITTED,
 }
 
 
@@ -154,28 +182,40 @@ def script_figures(runs: dict[tuple[str, str], list[float]], names: list[str], r
     figures = []
     for name in names:
         for side, shown in ((NOW, name), (BASELINE, at_baseline(name))):
-            rates = runs.get((name, side))
-            if not rates:
+            if (name, side) not in runs:
                 continue
-            mean = sum(rates) / len(rates)
-            mb = megabytes_per_s(mean, record_bytes) if name == RIDES else None
-            figures.append(Figure(shown, mean, mb, NOTES[name], rates if len(rates) > 1 else []))
+            rates = [r for r, _ in runs[(name, side)]]
+            rss = [m for _, m in runs[(name, side)] if m is not None]
+            mean = sum(rates) / len(rates) if rates else None
+            mb = megabytes_per_s(mean, record_bytes) if name == RIDES and mean else None
+            figures.append(Figure(shown, mean, mb, NOTES[name], rates if len(rates) > 1 else [],
+                                  max(rss) if rss else None))
     return figures
 
 
 def compute_ratios(report: Report) -> list[tuple[str, float | None]]:
     f = report.figure
-    return [
-        (f"{RIDES} / raw producer", ratio(f(RIDES), f(RAW_PRODUCER))),
-        ("transaction.py at-least-once / raw consumer", ratio(f(TX_ALO), f(RAW_CONSUMER))),
-        ("transaction.py exactly-once / raw consumer", ratio(f(TX_EOS), f(RAW_CONSUMER))),
+    return [(f"{name} / {raw}", ratio(f(name), f(raw))) for name, raw in BASELINES.items()] + [
         ("exactly-once / at-least-once (the price of exactly-once)", ratio(f(TX_EOS), f(TX_ALO))),
+        (f"{RAW_PRODUCER} / {BROKER_LIMIT}", ratio(f(RAW_PRODUCER), f(BROKER_LIMIT))),
     ] + [(f"{name} now / at baseline", ratio(f(name), f(at_baseline(name))))
-         for name in SCRIPT_FIGURES if f(at_baseline(name))]
+         for name in SCRIPT_FIGURES if any(x.name == at_baseline(name) for x in report.figures)]
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p95, p99 by nearest rank (a value that was measured, not an interpolation); {} for none."""
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+    return {f"p{q}": ordered[max(0, -(-q * len(ordered) // 100) - 1)] for q in (50, 95, 99)}
 
 
 def _thousands(x: float) -> str:
     return f"{x:,.0f}"
+
+
+def _percentiles(p: dict[str, float]) -> str:
+    return " / ".join(f"{p[k]:.0f}" for k in ("p50", "p95", "p99")) if p else "-"
 
 
 def format_ratio(r: float | None) -> str:
@@ -200,22 +240,30 @@ def format_table(report: Report) -> str:
     runs = {f.name: " / ".join(_thousands(r) for r in f.runs) for f in report.figures}
     runs_w = max(map(len, runs.values()), default=0)
     runs_head = f"  {'runs':>{runs_w}}" if runs_w else ""
-    lines.append(f"{'':{name_w}}  {'records/s':>10}  {'MB/s':>6}{runs_head}")
+    lines.append(f"{'':{name_w}}  {'records/s':>10}  {'MB/s':>6}  {'peak RSS':>8}{runs_head}")
     notes = []
     for f in report.figures:
         mb = f"{f.mb_per_s:.1f}" if f.mb_per_s is not None else ""
+        rss = f"{f.peak_rss_mb:.0f} MB" if f.peak_rss_mb is not None else ""
+        shown = "-" if f.records_per_s is None else _thousands(f.records_per_s)
         runs_cell = f"  {runs[f.name]:>{runs_w}}" if runs_w else ""
         mark = ""
         if f.note:
             if f.note not in notes:  # one footnote for figures timed alike
                 notes.append(f.note)
             mark = f"({notes.index(f.note) + 1})"
-        lines.append(f"{f.name:{name_w}}  {_thousands(f.records_per_s):>10}  {mb:>6}{runs_cell}  {mark}".rstrip())
+        lines.append(f"{f.name:{name_w}}  {shown:>10}  {mb:>6}  {rss:>8}{runs_cell}  {mark}".rstrip())
     lines.append("")
     ratio_w = max(len(n) for n, _ in report.ratios) if report.ratios else 10
     lines.append("ratios")
     for name, r in report.ratios:
         lines.append(f"  {name:{ratio_w}}  {format_ratio(r):>5}")
+    if report.latencies:
+        lines += ["", "latency, ms (rides.py --rate R, transaction.py, email.py together): requested_at to"]
+        lines.append(f"  {'rides/s':>7}  {'rides':>6}  {'confirmed p50/p95/p99':>22}  {'email p50/p95/p99':>22}")
+        for lat in report.latencies:
+            lines.append(f"  {lat.rides_per_s:>7}  {lat.rides:>6}  {_percentiles(lat.to_confirmed):>22}  "
+                         f"{_percentiles(lat.to_email):>22}")
     if notes:
         lines.append("")
         lines.extend(f"({i}) {note}" for i, note in enumerate(notes, 1))
@@ -268,19 +316,31 @@ def admin(bootstrap: str):
     return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-admin")
 
 
-def create_input_topic(bootstrap: str, prefix: str) -> str:
-    """A fresh ride_details under this prefix, with the pipeline's partition count; the scripts create
-    the other topics they need themselves, as they do for users."""
+def create_input_topic(bootstrap: str, prefix: str, topic: str = "") -> str:
+    """A fresh input topic (ride_details unless named) under this prefix, with the pipeline's partition
+    count; the scripts create the other topics they need themselves, as they do for users."""
     from common import topics
 
-    name = prefix + topics.RIDE_DETAILS
+    topic = topic or topics.RIDE_DETAILS
+    name = prefix + topic
     client = admin(bootstrap)
     try:
-        client.create_topics({name: {"num_partitions": topics.PARTITIONS[topics.RIDE_DETAILS]}},
-                             wait_for_metadata=True)
+        client.create_topics({name: {"num_partitions": topics.PARTITIONS[topic]}}, wait_for_metadata=True)
     finally:
         client.close()
     return name
+
+
+def confirmed_records(records: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The RideConfirmed records transaction.py would publish for these requests (the rejected left out),
+    made directly with its own decide(): email.py's and analysis.py's input, serialized before any timing."""
+    import transaction
+    from common import schemas
+
+    now = datetime.now(timezone.utc)
+    decided = (transaction.decide(schemas.RideRequest.model_validate_json(v), now) for _, v in records)
+    return [(schemas.ride_key(d.ride_id), schemas.encode(d)) for d in decided
+            if isinstance(d, schemas.RideConfirmed)]
 
 
 def raw_produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
@@ -342,7 +402,7 @@ class Run:
     bench's. Its stdout and stderr go to one file (never a pipe: a full pipe would block it)."""
 
     def __init__(self, tree: Path, script: str, *args: str, log_dir: Path) -> None:
-        self.name = script
+        self.name = self.label = script
         self.log_path = log_dir / f"{Path(script).stem}-{uuid.uuid4().hex[:8]}.log"
         # RIDES_* variables would set the scripts' flags behind the bench's back.
         env = {k: v for k, v in os.environ.items() if not k.startswith("RIDES_")} | {"PYTHONPATH": str(tree)}
@@ -381,19 +441,24 @@ class Run:
         self.process.wait()
 
 
-def run_rides(tree: Path, bootstrap: str, prefix: str, n: int, seed: int, log_dir: Path, procs: list) -> float:
-    """The tree's rides.py --count N into this prefix; returns the rate of its summary line."""
+def run_rides(tree: Path, bootstrap: str, prefix: str, n: int, seed: int, log_dir: Path,
+              procs: list) -> tuple[float, float | None]:
+    """The tree's rides.py --count N into this prefix; returns the rate of its summary line and its peak RSS."""
     script = Run(tree, "rides.py", "--count", str(n), "--seed", str(seed), "--bootstrap-servers", bootstrap,
                  "--topic-prefix", prefix, log_dir=log_dir)
     procs.append(script)
-    code = script.wait(timeout=300)
+    rss, deadline = None, time.monotonic() + 300
+    while script.running and time.monotonic() < deadline:  # it exits by itself: its peak is read as it runs
+        rss = peak_rss_mb(script.process.pid) or rss
+        time.sleep(POLL_INTERVAL)
+    code = script.wait(timeout=max(0.0, deadline - time.monotonic()))
     if code != 0:
         raise BenchError(f"rides.py exited {code}: {_last_line(script.log())}")
     summary = _summary(script)
     if summary.get("acknowledged") != n or summary.get("failed") != 0:
         raise BenchError(f"rides.py: acknowledged={summary.get('acknowledged')} failed={summary.get('failed')}, "
                          f"expected {n} and 0")
-    return float(summary["rate"])
+    return float(summary["rate"]), rss
 
 
 def committed_total(admin, group: str, topic: str) -> int:
@@ -410,43 +475,58 @@ def committed_total(admin, group: str, topic: str) -> int:
     return sum(o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset > 0)
 
 
-def run_transaction(tree: Path, bootstrap: str, prefix: str, guarantee: str, n: int, log_dir: Path,
-                    procs: list) -> tuple[float, dict]:
-    """The tree's transaction.py over N pre-produced rides; returns (confirm rate, its summary line)."""
-    from common import topics
+def peak_rss_mb(pid: int) -> float | None:
+    """A process's peak resident set so far (VmHWM), in MB; None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    kb = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return int(kb) / 1024 if kb else None
 
-    group = f"{prefix}transaction"
-    source = prefix + topics.RIDE_DETAILS
+
+def watch_catch_up(script: Run, admin_client, group: str, source: str, n: int) -> tuple[float, float | None]:
+    """Wait until `group` has committed all N records of `source`; returns (rate from the first committed
+    batch to the N-th, the script's peak RSS just before that), the script still running."""
+    first = last = None
+    deadline = time.monotonic() + STALL_TIMEOUT * 2  # start-up and group join included
+    while True:
+        if not script.running:
+            raise BenchError(f"{script.label} exited {script.process.returncode}: {_last_line(script.log())}")
+        done = committed_total(admin_client, group, source)
+        now = time.perf_counter()
+        if done and first is None:
+            first = (now, done)
+        if last is None or done > last[1]:
+            deadline = time.monotonic() + STALL_TIMEOUT
+        last = (now, done)
+        if done >= n:
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(f"{script.label}: {done} of {n} records committed, then no progress")
+        time.sleep(POLL_INTERVAL)
+    if done != n:
+        raise BenchError(f"{script.label}: {done} offsets committed for {n} records")
+    assert first is not None  # n > 0 records were committed
+    return rate_between(first, last), peak_rss_mb(script.process.pid)
+
+
+def run_consumer(tree: Path, script_name: str, args: list[str], label: str, bootstrap: str, prefix: str,
+                 source: str, n: int, log_dir: Path, procs: list) -> tuple[float, float | None, dict]:
+    """The tree's script over N pre-produced records of prefix+source in its own group: (rate, peak RSS MB,
+    its summary line)."""
+    group = f"{prefix}{Path(script_name).stem}"
     watcher = admin(bootstrap)
     try:
-        script = Run(tree, "transaction.py", "--guarantee", guarantee, "--bootstrap-servers", bootstrap,
-                     "--topic-prefix", prefix, "--group-id", group, log_dir=log_dir)
+        script = Run(tree, script_name, *args, "--bootstrap-servers", bootstrap, "--topic-prefix", prefix,
+                     "--group-id", group, log_dir=log_dir)
+        script.label = label
         procs.append(script)
-        first = last = None
-        deadline = time.monotonic() + STALL_TIMEOUT * 2  # start-up and group join included
-        while True:
-            if not script.running:
-                raise BenchError(f"transaction.py ({guarantee}) exited {script.process.returncode}: "
-                                 f"{_last_line(script.log())}")
-            done = committed_total(watcher, group, source)
-            now = time.perf_counter()
-            if done and first is None:
-                first = (now, done)
-            if last is None or done > last[1]:
-                deadline = time.monotonic() + STALL_TIMEOUT
-            last = (now, done)
-            if done >= n:
-                break
-            if time.monotonic() > deadline:
-                raise BenchError(f"transaction.py ({guarantee}): {done} of {n} rides committed, then no progress")
-            time.sleep(POLL_INTERVAL)
+        rate_, rss = watch_catch_up(script, watcher, group, prefix + source, n)
     finally:
         watcher.close()
-    if done != n:
-        raise BenchError(f"transaction.py ({guarantee}): {done} offsets committed for {n} rides")
     script.stop()
-    assert first is not None  # n > 0 rides were committed
-    return rate_between(first, last), _summary(script)
+    return rate_, rss, _summary(script)
 
 
 def read_outcomes(bootstrap: str, topic_names: list[str]) -> list[bytes]:
@@ -575,6 +655,8 @@ def remove_checkout(path: Path) -> None:
 
 def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path, procs: list,
           baseline: str | None = None) -> Report:
+    from common import topics
+
     started = time.monotonic()
     records = ride_records(n, seed)
     record_bytes = sum(len(k) + len(v) for k, v in records) / n
@@ -601,26 +683,58 @@ def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path,
     raw_consumer = Figure(RAW_CONSUMER, consumer_rate, megabytes_per_s(consumer_rate, record_bytes),
                           "plain KafkaConsumer, no group, no processing; first poll to N-th record")
 
+    confirmed = confirmed_records(records)
+    m = len(confirmed)
+    confirmed_topic = create_input_topic(bootstrap, f"{run_id}-raw.", topics.RIDE_CONFIRMED)
+    raw_produce(bootstrap, confirmed_topic, confirmed)  # untimed: the input of the figures below
+    raw_figures = [raw_producer, raw_consumer, *raw_loops(bootstrap, run_id, raw_topic, confirmed_topic, n, m,
+                                                          record_bytes, work_dir)]
+
     trees = {NOW: PROJECT_ROOT}
     if baseline:
         trees[BASELINE] = checkout(baseline, work_dir)
     expected = {k for k, _ in records}
     count = iter(range(1_000_000))  # a fresh topic prefix for every run
 
-    def run_one(figure: str, side: str) -> float:
-        """One run of one script figure from one tree, on fresh topics; its rate."""
+    def run_one(figure: str, side: str) -> tuple[float, float | None] | None:
+        """One run of one script figure from one tree, on fresh topics: (rate, peak RSS MB). At the
+        baseline, a figure its scripts cannot take (an email.py without today's flags, say) is None."""
         prefix = f"{run_id}-{next(count)}-{side}."
         label = figure if side == NOW else f"{figure} at {baseline}"
+        try:
+            return run_script(figure, trees[side], label, prefix)
+        except BenchError as e:
+            if side == NOW:
+                raise
+            report.checks.append(f"{label}: not measured ({e})")
+            return None
+
+    def run_script(figure: str, tree: Path, label: str, prefix: str) -> tuple[float, float | None]:
         if figure == RIDES:
             progress(f"{label}: --count {n:,} --seed {seed} --topic-prefix {prefix}")
-            return run_rides(trees[side], bootstrap, prefix, n, seed, work_dir, procs)
-        guarantee = AT_LEAST_ONCE if figure == TX_ALO else EXACTLY_ONCE
-        # Its input: the very same N records for every run, written before its clock starts.
-        raw_produce(bootstrap, create_input_topic(bootstrap, prefix), records)
-        progress(f"{label} over {n:,} rides, --topic-prefix {prefix}")
-        tx_rate, summary = run_transaction(trees[side], bootstrap, prefix, guarantee, n, work_dir, procs)
-        report.checks.append(f"{label}: " + reconcile(bootstrap, prefix, guarantee, n, summary, expected))
-        return tx_rate
+            return run_rides(tree, bootstrap, prefix, n, seed, work_dir, procs)
+        if figure in (TX_ALO, TX_EOS):
+            guarantee = AT_LEAST_ONCE if figure == TX_ALO else EXACTLY_ONCE
+            # Its input: the very same N records for every run, written before its clock starts.
+            raw_produce(bootstrap, create_input_topic(bootstrap, prefix), records)
+            progress(f"{label} over {n:,} rides, --topic-prefix {prefix}")
+            tx_rate, rss, summary = run_consumer(tree, "transaction.py", ["--guarantee", guarantee], label,
+                                                 bootstrap, prefix, topics.RIDE_DETAILS, n, work_dir, procs)
+            report.checks.append(f"{label}: " + reconcile(bootstrap, prefix, guarantee, n, summary, expected))
+            return tx_rate, rss
+        # email.py and analysis.py: the same M confirmed rides in every run, written before the clock starts.
+        raw_produce(bootstrap, create_input_topic(bootstrap, prefix, topics.RIDE_CONFIRMED), confirmed)
+        progress(f"{label} over {m:,} confirmed rides, --topic-prefix {prefix}")
+        out = work_dir / prefix
+        if figure == EMAIL:
+            result = run_consumer(tree, "email.py", ["--outbox", str(out / "outbox")], label, bootstrap, prefix,
+                                  topics.RIDE_CONFIRMED, m, work_dir, procs)
+            report.checks.append(f"{label}: " + reconcile_email(result[2], out / "outbox", m))
+        else:
+            result = run_consumer(tree, "analysis.py", ["--state", str(out / "analysis.db")], label, bootstrap,
+                                  prefix, topics.RIDE_CONFIRMED, m, work_dir, procs)
+            report.checks.append(f"{label}: " + reconcile_analysis(result[2], m))
+        return result[0], result[1]
 
     try:
         runs = measure_scripts(run_one, baseline is not None)
@@ -628,12 +742,61 @@ def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path,
         if baseline:
             remove_checkout(trees[BASELINE])
 
-    report.figures = [raw_producer, *script_figures(runs, [RIDES], record_bytes), raw_consumer,
-                      *script_figures(runs, [TX_ALO, TX_EOS], record_bytes)]
+    report.figures = order_figures(raw_figures, runs, record_bytes)
     report.ratios = compute_ratios(report)
     report.machine["load_after"] = f"{os.getloadavg()[0]:.2f}"
     report.wall_seconds = time.monotonic() - started
     return report
+
+
+def order_figures(raw_figures: list[Figure], runs: dict, record_bytes: float) -> list[Figure]:
+    """Each script figure (and its twin at baseline) right under the raw figure it is compared with."""
+    raw = {f.name: f for f in raw_figures}
+    shown = [raw.pop(RAW_PRODUCER), *script_figures(runs, [RIDES], record_bytes)]
+    for name, baseline in BASELINES.items():
+        if name != RIDES and baseline in raw:
+            shown += [raw.pop(baseline), *script_figures(runs, [name], record_bytes)]
+    return shown + list(raw.values())
+
+
+def raw_loops(bootstrap: str, run_id: str, requests: str, confirmed: str, n: int, m: int, record_bytes: float,
+              work_dir: Path) -> list[Figure]:
+    """The raw kafka-python loops (bench/raw.py): requests is a topic of the N ride requests, confirmed of
+    the M confirmed rides."""
+    import raw
+
+    progress(f"raw json consumer: {m:,} confirmed rides")
+    json_rate = rate_between(*raw.json_consumer(bootstrap, confirmed, m))
+    progress(f"raw at-least-once loop: {n:,} records")
+    alo_rate = rate_between(*raw.transform_loop(bootstrap, requests, f"{run_id}-raw.alo-out", n, False))
+    progress(f"raw transactional loop: {n:,} records")
+    eos_rate = rate_between(*raw.transform_loop(bootstrap, requests, f"{run_id}-raw.eos-out", n, True))
+    progress(f"raw file-writing loop: {m:,} confirmed rides")
+    files_rate = rate_between(*raw.file_loop(bootstrap, confirmed, m, work_dir / f"{run_id}-raw-files"))
+    scripts_consumer = "common.clients.consumer (group, read_committed, 500 a poll)"
+    return [
+        Figure(RAW_JSON, json_rate, None, f"{scripts_consumer}: poll + json.loads, over the confirmed rides"),
+        Figure(RAW_ALO, alo_rate, None, f"{scripts_consumer} + producer: json in, small json out; per batch "
+                                        "flush, then commit"),
+        Figure(RAW_EOS, eos_rate, None, "the same in one transaction per batch (send_offsets_to_transaction)"),
+        Figure(RAW_FILES, files_rate, None, f"{scripts_consumer}: json-decode, one small file per record "
+                                            "(tempfile + os.replace), commit per batch"),
+    ]
+
+
+def reconcile_email(summary: dict, outbox: Path, m: int) -> str:
+    files = sum(1 for _ in outbox.glob("*.eml"))
+    if summary.get("emailed") != m or summary.get("dead_lettered") != 0 or files != m:
+        raise BenchError(f"email.py: emailed={summary.get('emailed')} dead_lettered={summary.get('dead_lettered')}, "
+                         f"{files} .eml files; expected {m}, 0 and {m}")
+    return f"{m:,} emailed, {files:,} .eml files"
+
+
+def reconcile_analysis(summary: dict, m: int) -> str:
+    if summary.get("total") != m or summary.get("dead_lettered") != 0:
+        raise BenchError(f"analysis.py: total={summary.get('total')} dead_lettered={summary.get('dead_lettered')}, "
+                         f"expected {m} and 0")
+    return f"{m:,} rides counted"
 
 
 def _raise_stopped(signum, frame):

@@ -49,6 +49,13 @@ def report() -> Any:  # a bench.Report (bench is loaded by path: mypy cannot nam
         bench.Figure(bench.RAW_CONSUMER, 27_000, 10.1, "first poll to N-th record"),
         bench.Figure(bench.TX_ALO, 5_000, None, timed_alike),
         bench.Figure(bench.TX_EOS, 4_000, None, timed_alike),
+        bench.Figure(bench.RAW_ALO, 6_250, None, "flush, then commit"),
+        bench.Figure(bench.RAW_EOS, 5_000, None, "one transaction per batch"),
+        bench.Figure(bench.RAW_FILES, 10_000, None, "one file per record"),
+        bench.Figure(bench.EMAIL, 6_000, None, timed_alike, peak_rss_mb=61.2),
+        bench.Figure(bench.RAW_JSON, 40_000, None, "poll + json.loads"),
+        bench.Figure(bench.ANALYSIS, None, None, timed_alike),
+        bench.Figure(bench.BROKER_LIMIT, 120_000, 45.0, "ProducerPerformance"),
     ]
     r.ratios = bench.compute_ratios(r)
     r.checks = ["exactly-once: 19,591 confirmed + 409 rejected = 20,000, each ride once"]
@@ -57,11 +64,38 @@ def report() -> Any:  # a bench.Report (bench is loaded by path: mypy cannot nam
 
 
 def test_ratios():
+    # Each script over the raw loop that does its I/O (the issue's goals), not over a consumer doing nothing.
     ratios = dict(report().ratios)
-    assert ratios["rides.py / raw producer"] == pytest.approx(0.75)
-    assert ratios["transaction.py at-least-once / raw consumer"] == pytest.approx(5 / 27)
-    assert ratios["transaction.py exactly-once / raw consumer"] == pytest.approx(4 / 27)
+    assert ratios["rides.py / raw kafka-python producer"] == pytest.approx(0.75)
+    assert ratios["transaction.py at-least-once / raw at-least-once loop"] == pytest.approx(0.8)
+    assert ratios["transaction.py exactly-once / raw transactional loop"] == pytest.approx(0.8)
+    assert ratios["email.py (outbox) / raw file-writing loop"] == pytest.approx(0.6)
+    assert ratios["analysis.py / raw json consumer"] is None  # a figure that could not be taken
     assert ratios["exactly-once / at-least-once (the price of exactly-once)"] == pytest.approx(0.8)
+    assert ratios["raw kafka-python producer / broker limit (Java producer)"] == pytest.approx(0.1)
+
+
+def test_a_figure_that_could_not_be_taken_is_a_dash_and_its_peak_rss_is_shown():
+    lines = bench.format_table(report()).splitlines()
+    assert re.search(r"^analysis\.py +- ", next(line for line in lines if line.startswith("analysis.py")))
+    assert "61 MB" in next(line for line in lines if line.startswith("email.py"))
+
+
+def test_percentiles_by_nearest_rank():
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert bench.percentiles(values) == {"p50": 50, "p95": 95, "p99": 99}
+    assert bench.percentiles([7.0]) == {"p50": 7, "p95": 7, "p99": 7}
+    assert bench.percentiles([3.0, 1.0, 2.0])["p50"] == 2  # unsorted input
+    assert bench.percentiles([]) == {}
+
+
+def test_the_latency_rows_show_each_rate_and_its_percentiles():
+    r = report()
+    r.latencies = [bench.Latency(500, 20.0, 9_800, {"p50": 11, "p95": 20, "p99": 35},
+                                 {"p50": 185, "p95": 900, "p99": 1750})]
+    row = next(line for line in bench.format_table(r).splitlines() if line.strip().startswith("500 "))
+    assert row.split() == ["500", "9800", "11", "/", "20", "/", "35", "185", "/", "900", "/", "1750"]
+    assert json.loads(bench.to_json(r))["latencies"][0]["to_email"]["p99"] == 1750
 
 
 def test_ratio_of_a_missing_figure_is_shown_as_na():
@@ -78,7 +112,7 @@ def test_table_is_aligned_and_complete():
     assert "2 cores" in table and "kafka-python 3.0.12" in table and "Kafka 4.3.1" in table
     assert "1.00 before, 2.00 after" in table
     assert "CRC32C: pure Python" in table  # the figures depend on it more than on anything else
-    rows = [line for line in table.splitlines() if line.startswith(("raw ", "rides.py ", "transaction.py "))]
+    rows = [line for line in table.splitlines() if line.startswith(("raw kafka", "rides.py ", "transaction.py "))]
     assert len(rows) == 5
     # The rates end in one column, whatever the names' lengths.
     rates = ("12,000", "9,000", "27,000", "5,000", "4,000")
@@ -116,13 +150,14 @@ def test_with_a_baseline_each_figure_runs_now_baseline_baseline_now_so_a_drift_f
 def fake_runs(baseline: bool) -> tuple[list[tuple[str, str]], dict]:
     """measure_scripts with a fake run of one figure: the calls it made and what it returned."""
     calls: list[tuple[str, str]] = []
-    speed = {bench.RIDES: 9_000, bench.TX_ALO: 5_000, bench.TX_EOS: 4_000}
+    speed = {bench.RIDES: 9_000, bench.TX_ALO: 5_000, bench.TX_EOS: 4_000, bench.EMAIL: 3_000, bench.ANALYSIS: 8_000}
 
-    def run_one(figure: str, side: str) -> float:
+    def run_one(figure: str, side: str) -> tuple[float, float | None]:
         calls.append((figure, side))
         # now is 0.8 of the baseline; the baseline's two runs differ, so the mean is taken
         n = sum(1 for c in calls if c == (figure, side))
-        return speed[figure] * 0.8 if side == bench.NOW else speed[figure] + (100 if n == 1 else -100)
+        rss = 50.0 + n
+        return (speed[figure] * 0.8, rss) if side == bench.NOW else (speed[figure] + (100 if n == 1 else -100), rss)
 
     return calls, bench.measure_scripts(run_one, baseline)
 
@@ -131,8 +166,8 @@ def test_a_baseline_measures_every_script_figure_at_both_revisions_interleaved()
     calls, runs = fake_runs(baseline=True)
     abba = [bench.NOW, bench.BASELINE, bench.BASELINE, bench.NOW]
     assert calls == [(f, side) for f in bench.SCRIPT_FIGURES for side in abba]
-    assert set(bench.SCRIPT_FIGURES) == {bench.RIDES, bench.TX_ALO, bench.TX_EOS}
-    assert runs[(bench.TX_EOS, bench.BASELINE)] == [4_100, 3_900]
+    assert set(bench.SCRIPT_FIGURES) == {bench.RIDES, bench.TX_ALO, bench.TX_EOS, bench.EMAIL, bench.ANALYSIS}
+    assert runs[(bench.TX_EOS, bench.BASELINE)] == [(4_100, 51.0), (3_900, 52.0)]
 
 
 def test_without_a_baseline_each_script_figure_runs_once_at_now():
@@ -144,8 +179,8 @@ def baseline_report() -> Any:
     _, runs = fake_runs(baseline=True)
     r = report()
     r.baseline = "943e8ac"
-    r.figures = [r.figures[0], *bench.script_figures(runs, [bench.RIDES], 375.4), r.figures[2],
-                 *bench.script_figures(runs, [bench.TX_ALO, bench.TX_EOS], 375.4)]
+    raw = [f for f in r.figures if f.name.startswith("raw") or f.name == bench.BROKER_LIMIT]
+    r.figures = bench.order_figures(raw, runs, 375.4)
     r.ratios = bench.compute_ratios(r)
     return r
 
@@ -153,15 +188,33 @@ def baseline_report() -> Any:
 def test_a_baseline_adds_each_script_figure_at_baseline_and_its_now_over_baseline_ratio():
     r = baseline_report()
     names = [f.name for f in r.figures]
-    assert names == [bench.RAW_PRODUCER, bench.RIDES, "rides.py at baseline", bench.RAW_CONSUMER,
-                     bench.TX_ALO, "transaction.py at-least-once at baseline",
-                     bench.TX_EOS, "transaction.py exactly-once at baseline"]
+    # Each script figure and its twin at baseline right under the raw loop it is compared with.
+    assert names == [bench.RAW_PRODUCER, bench.RIDES, "rides.py at baseline",
+                     bench.RAW_ALO, bench.TX_ALO, "transaction.py at-least-once at baseline",
+                     bench.RAW_EOS, bench.TX_EOS, "transaction.py exactly-once at baseline",
+                     bench.RAW_FILES, bench.EMAIL, "email.py (outbox) at baseline",
+                     bench.RAW_JSON, bench.ANALYSIS, "analysis.py at baseline",
+                     bench.RAW_CONSUMER, bench.BROKER_LIMIT]
+    email = next(f for f in r.figures if f.name == bench.EMAIL)
+    assert email.peak_rss_mb == 52  # the highest of its runs
     assert r.figure("transaction.py exactly-once at baseline") == pytest.approx(4_000)  # mean of 4,100 and 3,900
     ratios = dict(r.ratios)
     for name in bench.SCRIPT_FIGURES:
         assert ratios[f"{name} now / at baseline"] == pytest.approx(0.8)
     # The raw kafka-python figures are the same code at both revisions: no baseline of theirs.
     assert not any(n.startswith("raw") and "baseline" in n for n in names + list(ratios))
+
+
+def test_a_figure_the_baseline_cannot_take_is_a_dash_and_so_is_its_ratio():
+    _, runs = fake_runs(baseline=True)
+    runs[(bench.EMAIL, bench.BASELINE)] = []  # both runs at the baseline returned None
+    r = report()
+    r.baseline = "943e8ac"
+    r.figures = bench.order_figures([f for f in r.figures if f.name.startswith("raw")], runs, 375.4)
+    r.ratios = bench.compute_ratios(r)
+    table = bench.format_table(r)
+    assert re.search(r"^email\.py \(outbox\) at baseline +- +\(\d\)$", table, re.MULTILINE)
+    assert re.search(r"^  email\.py \(outbox\) now / at baseline +n/a$", table, re.MULTILINE)
 
 
 def test_no_baseline_no_baseline_figures_or_ratios():
