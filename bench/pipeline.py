@@ -61,6 +61,9 @@ DEFAULT_SEED = 7
 POLL_INTERVAL = 0.05  # how often the committed offsets are sampled: well under 1 % of a run of seconds
 STALL_TIMEOUT = 60.0  # no progress for this long means something is wrong, not slow
 AT_LEAST_ONCE, EXACTLY_ONCE = "at-least-once", "exactly-once"
+LATENCY_RATES = (100, 500)  # rides/s: the issue's latency goals are set at these two
+LATENCY_SECONDS = 20.0  # per rate: a few thousand rides, enough for a p99
+QUICK_RIDES, QUICK_LATENCY_SECONDS = 1000, 3.0  # --quick: checks the table is produced, not its numbers
 
 
 # ------------------------------------------------------------------------------- figures (pure)
@@ -529,8 +532,8 @@ def run_consumer(tree: Path, script_name: str, args: list[str], label: str, boot
     return rate_, rss, _summary(script)
 
 
-def read_outcomes(bootstrap: str, topic_names: list[str]) -> list[bytes]:
-    """Every key in these topics as read_committed readers see them: read to each partition's end.
+def read_records(bootstrap: str, topic_names: list[str]) -> list:
+    """Every record in these topics as read_committed readers see them: read to each partition's end.
 
     With read_committed, end_offsets() answers the last stable offset (the ListOffsets request carries the
     isolation level), and the position moves past the transactions' commit markers, so "position == end"
@@ -544,16 +547,20 @@ def read_outcomes(bootstrap: str, topic_names: list[str]) -> list[bytes]:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
-        keys: list[bytes] = []
+        records: list = []
         deadline = time.monotonic() + STALL_TIMEOUT
         while any(consumer.position(tp) < end[tp] for tp in tps):
             for rs in consumer.poll(timeout_ms=500).values():
-                keys.extend(r.key for r in rs)
+                records.extend(rs)
             if time.monotonic() > deadline:
                 raise BenchError(f"could not read {', '.join(topic_names)} to their end within {STALL_TIMEOUT:.0f} s")
-        return keys
+        return records
     finally:
         consumer.close()
+
+
+def read_outcomes(bootstrap: str, topic_names: list[str]) -> list[bytes]:
+    return [r.key for r in read_records(bootstrap, topic_names)]
 
 
 def reconcile(bootstrap: str, prefix: str, guarantee: str, n: int, summary: dict, expected: set[bytes]) -> str:
@@ -623,7 +630,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
     p.add_argument("--baseline", metavar="GIT-REV",
                    help="also run every script figure from this git revision, interleaved with now's, in the same run")
+    p.add_argument("--quick", action="store_true",
+                   help=f"{QUICK_RIDES:,} rides and {QUICK_LATENCY_SECONDS:g} s latency runs: for CI, not for figures")
     args = p.parse_args(argv)
+    if args.quick:
+        args.rides = QUICK_RIDES
     if args.rides < 1000:
         p.error("--rides: at least 1000, or the timings are mostly noise")
     return args
@@ -654,7 +665,7 @@ def remove_checkout(path: Path) -> None:
 
 
 def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path, procs: list,
-          baseline: str | None = None) -> Report:
+          baseline: str | None = None, latency_seconds: float = LATENCY_SECONDS) -> Report:
     from common import topics
 
     started = time.monotonic()
@@ -744,9 +755,93 @@ def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path,
 
     report.figures = order_figures(raw_figures, runs, record_bytes)
     report.ratios = compute_ratios(report)
+    for rides_per_s in LATENCY_RATES:
+        progress(f"latency: rides.py --rate {rides_per_s} for {latency_seconds:.0f} s, transaction.py, email.py")
+        report.latencies.append(run_latency(bootstrap, f"{run_id}-latency-{rides_per_s}.", rides_per_s,
+                                            latency_seconds, seed, work_dir, procs))
     report.machine["load_after"] = f"{os.getloadavg()[0]:.2f}"
     report.wall_seconds = time.monotonic() - started
     return report
+
+
+def latency_samples(confirmed: list[tuple[str, int]], email_mtimes: dict[str, float | None],
+                    requested: dict[str, datetime]) -> tuple[list[float], list[float]]:
+    """Milliseconds from each ride's requested_at to its confirmed record's timestamp (CreateTime: stamped
+    by transaction.py's producer when it sent the record) and to its .eml file's mtime (when email.py wrote
+    it). confirmed: (ride_id, timestamp ms); requested: ride_id -> requested_at; email_mtimes: ride_id ->
+    mtime (s), None for a ride with no email."""
+    to_confirmed, to_email = [], []
+    for ride_id, created_ms in confirmed:
+        start = requested[ride_id].timestamp()
+        to_confirmed.append(created_ms - start * 1000)
+        mtime = email_mtimes.get(ride_id)
+        if mtime is not None:
+            to_email.append((mtime - start) * 1000)
+    return to_confirmed, to_email
+
+
+def wait_for(condition: Callable[[], bool], what: str, procs_alive: list, timeout: float = STALL_TIMEOUT) -> None:
+    """Sample condition() until it holds; a BenchError if a script exits first or it takes `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for script in procs_alive:
+            if not script.running:
+                raise BenchError(f"{script.label} exited {script.process.returncode}: {_last_line(script.log())}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"latency run: {what} not within {timeout:.0f} s")
+        time.sleep(POLL_INTERVAL)
+
+
+def run_latency(bootstrap: str, prefix: str, rides_per_s: int, seconds: float, seed: int, work_dir: Path,
+                procs: list) -> Latency:
+    """rides.py --rate R for `seconds`, transaction.py (exactly-once) and email.py (outbox) running together
+    on fresh topics; the latency of every ride, from requested_at to confirmed and to emailed."""
+    from common import topics
+
+    outbox = work_dir / prefix / "outbox"
+    common_args = ["--bootstrap-servers", bootstrap, "--topic-prefix", prefix]
+    create_input_topic(bootstrap, prefix)
+    tx = Run(PROJECT_ROOT, "transaction.py", *common_args, "--group-id", f"{prefix}transaction", log_dir=work_dir)
+    mail = Run(PROJECT_ROOT, "email.py", *common_args, "--group-id", f"{prefix}email", "--outbox", str(outbox),
+               log_dir=work_dir)
+    procs += [tx, mail]
+    # Both consumers own their partitions before the first ride: no start-up or group join in the figures.
+    wait_for(lambda: all("partitions assigned" in s.log() for s in (tx, mail)), "both consumers assigned",
+             [tx, mail], STALL_TIMEOUT * 2)
+    n = int(rides_per_s * seconds)
+    rides = Run(PROJECT_ROOT, "rides.py", *common_args, "--rate", str(rides_per_s), "--count", str(n), "--seed",
+                str(seed), log_dir=work_dir)
+    procs.append(rides)
+    if rides.wait(timeout=seconds * 3 + STALL_TIMEOUT) != 0:
+        raise BenchError(f"rides.py --rate {rides_per_s} failed: {_last_line(rides.log())}")
+    watcher = admin(bootstrap)
+    try:
+        wait_for(lambda: committed_total(watcher, f"{prefix}transaction", prefix + topics.RIDE_DETAILS) >= n,
+                 "every ride decided", [tx, mail])
+    finally:
+        watcher.close()
+    confirmed = read_records(bootstrap, [prefix + topics.RIDE_CONFIRMED])
+    wait_for(lambda: sum(1 for _ in outbox.glob("*.eml")) >= len(confirmed), "every confirmed ride emailed",
+             [tx, mail])
+    mail.stop()
+    tx.stop()
+    requested = {}
+    for r in confirmed:
+        value = json.loads(r.value)
+        requested[value["ride_id"]] = datetime.fromisoformat(value["requested_at"])
+    mtimes = {ride_id: _mtime(outbox / f"{ride_id}.eml") for ride_id in requested}
+    to_confirmed, to_email = latency_samples([(json.loads(r.value)["ride_id"], r.timestamp) for r in confirmed],
+                                             mtimes, requested)
+    if len(to_email) != len(confirmed):
+        raise BenchError(f"latency run: {len(to_email)} emails for {len(confirmed)} confirmed rides")
+    return Latency(rides_per_s, seconds, len(confirmed), percentiles(to_confirmed), percentiles(to_email))
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def order_figures(raw_figures: list[Figure], runs: dict, record_bytes: float) -> list[Figure]:
@@ -824,7 +919,8 @@ def main(argv: list[str] | None = None) -> int:
                     bootstrap = broker.start(port=0, fresh=True)
                     kafka_version = KAFKA_VERSION
                     progress(f"broker ready at {bootstrap}")
-                report = bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, procs, baseline)
+                report = bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, procs, baseline,
+                               QUICK_LATENCY_SECONDS if args.quick else LATENCY_SECONDS)
             finally:
                 for proc in procs:
                     proc.kill()
