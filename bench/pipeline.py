@@ -63,7 +63,7 @@ STALL_TIMEOUT = 60.0  # no progress for this long means something is wrong, not 
 AT_LEAST_ONCE, EXACTLY_ONCE = "at-least-once", "exactly-once"
 LATENCY_RATES = (100, 500)  # rides/s: the latency goals are set at these two
 LATENCY_SECONDS = 20.0  # per rate: a few thousand rides, enough for a p99
-QUICK_RIDES, QUICK_LATENCY_SECONDS = 1000, 3.0  # --quick: checks the table is produced, not its numbers
+QUICK_RIDES, QUICK_LATENCY_SECONDS = 3000, 3.0  # --quick: checks the table is produced, not its numbers
 
 
 # ------------------------------------------------------------------------------- figures (pure)
@@ -511,6 +511,9 @@ def watch_catch_up(script: Run, admin_client, group: str, source: str, n: int) -
     if done != n:
         raise BenchError(f"{script.label}: {done} offsets committed for {n} records")
     assert first is not None  # n > 0 records were committed
+    if first[1] == n:
+        raise BenchError(f"{script.label}: all {n:,} records committed within one sample: too few to time, "
+                         f"use more --rides")
     return rate_between(first, last), peak_rss_mb(script.process.pid)
 
 
