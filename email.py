@@ -15,8 +15,8 @@ Kafka, the disk or the SMTP server (unreachable, 4xx after retries) stops the sc
 import common.stdlib_email  # noqa: F401  (first: this file's name shadows the stdlib `email` package)
 
 # isort: split
+import functools
 from datetime import timezone
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from uuid import UUID
@@ -60,10 +60,14 @@ else:  # imported as the standard library's `email` by mistake (above): nothing 
     Store = object  # type: ignore[assignment,misc]
 
 
+@functools.lru_cache(maxsize=8)  # one sender per run: parsed once
+def sender_domain(sender: str) -> str:
+    return parseaddr(sender)[1].rpartition("@")[2]
+
+
 def message_id(ride_id: UUID, sender: str) -> str:
     """The same ride always gets the same Message-ID, so a resend is recognisable as the same email."""
-    domain = parseaddr(sender)[1].rpartition("@")[2]
-    return f"<ride-{ride_id}@{domain}>"
+    return f"<ride-{ride_id}@{sender_domain(sender)}>"
 
 
 def render(ride: "schemas.RideConfirmed", sender: str | None = None) -> EmailMessage:
@@ -72,11 +76,10 @@ def render(ride: "schemas.RideConfirmed", sender: str | None = None) -> EmailMes
     sender = sender or DEFAULT_FROM
     eta = max(1, round(ride.pickup_eta_minutes))
     greeting = f"Hello {ride.customer_name}," if ride.customer_name else "Hello,"
-    msg = EmailMessage()
+    msg = EmailMessage(policy=mail.POLICY)  # email.policy.default's bytes, at a tenth of its cost
     msg["Subject"] = f"Your ride is confirmed: driver {ride.driver_id} arrives in about {eta} min"
-    msg["From"] = sender
-    # An Address object, not a string: a string is parsed as an address *list* (display names, commas).
-    msg["To"] = Address(addr_spec=ride.customer_email)
+    msg["From"] = mail.POLICY.header_factory("From", sender)  # parsed as default does (once: it is cached)
+    msg["To"] = ride.customer_email  # written as given, then read back below as a mail client reads it
     msg["Date"] = format_datetime(ride.confirmed_at.astimezone(timezone.utc))
     msg["Message-ID"] = message_id(ride.ride_id, sender)
     msg["X-Ride-ID"] = str(ride.ride_id)
