@@ -63,7 +63,9 @@ STALL_TIMEOUT = 60.0  # no progress for this long means something is wrong, not 
 AT_LEAST_ONCE, EXACTLY_ONCE = "at-least-once", "exactly-once"
 LATENCY_RATES = (100, 500)  # rides/s: the issue's latency goals are set at these two
 LATENCY_SECONDS = 20.0  # per rate: a few thousand rides, enough for a p99
-QUICK_RIDES, QUICK_LATENCY_SECONDS = 3000, 3.0  # --quick: checks the table is produced, not its numbers
+QUICK_RIDES, QUICK_LATENCY_SECONDS = 3000, 3.0
+# The Java producer gets at least this many records: at the rides' N it would be timing its own JIT warm-up.
+JAVA_RECORDS = 100_000  # --quick: checks the table is produced, not its numbers
 
 
 # ------------------------------------------------------------------------------- figures (pure)
@@ -668,7 +670,8 @@ def remove_checkout(path: Path) -> None:
 
 
 def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path, procs: list,
-          baseline: str | None = None, latency_seconds: float = LATENCY_SECONDS) -> Report:
+          baseline: str | None = None, latency_seconds: float = LATENCY_SECONDS,
+          java_records: int = JAVA_RECORDS) -> Report:
     from common import topics
 
     started = time.monotonic()
@@ -703,6 +706,8 @@ def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path,
     raw_produce(bootstrap, confirmed_topic, confirmed)  # untimed: the input of the figures below
     raw_figures = [raw_producer, raw_consumer, *raw_loops(bootstrap, run_id, raw_topic, confirmed_topic, n, m,
                                                           record_bytes, work_dir)]
+    raw_figures.append(broker_limit(bootstrap, create_input_topic(bootstrap, f"{run_id}-java."), max(n, java_records),
+                                    record_bytes, report.checks))
 
     trees = {NOW: PROJECT_ROOT}
     if baseline:
@@ -882,6 +887,22 @@ def raw_loops(bootstrap: str, run_id: str, requests: str, confirmed: str, n: int
     ]
 
 
+def broker_limit(bootstrap: str, topic: str, records: int, record_bytes: float, checks: list[str]) -> Figure:
+    """Java's ProducerPerformance on records of the rides' size (bench/broker_limit.py); "-" with a check
+    line when it cannot run (no Maven, offline)."""
+    import broker_limit as java
+
+    progress(f"broker limit: Java's ProducerPerformance, {records:,} records of {record_bytes:.0f} B")
+    note = (f"Java's ProducerPerformance (kafka-tools {java.KAFKA_VERSION}), acks=all, idempotent, linger 10 ms, "
+            f"{records:,} records of the rides' mean size, its own timing")
+    try:
+        limit = java.producer_performance(bootstrap, topic, records, round(record_bytes))
+    except (java.LimitError, subprocess.TimeoutExpired, OSError) as e:
+        checks.append(f"{BROKER_LIMIT}: not measured ({e})")
+        return Figure(BROKER_LIMIT, None, None, note)
+    return Figure(BROKER_LIMIT, limit, megabytes_per_s(limit, record_bytes), note)
+
+
 def reconcile_email(summary: dict, outbox: Path, m: int) -> str:
     files = sum(1 for _ in outbox.glob("*.eml"))
     if summary.get("emailed") != m or summary.get("dead_lettered") != 0 or files != m:
@@ -923,7 +944,7 @@ def main(argv: list[str] | None = None) -> int:
                     kafka_version = KAFKA_VERSION
                     progress(f"broker ready at {bootstrap}")
                 report = bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, procs, baseline,
-                               QUICK_LATENCY_SECONDS if args.quick else LATENCY_SECONDS)
+                               *((QUICK_LATENCY_SECONDS, QUICK_RIDES) if args.quick else ()))
             finally:
                 for proc in procs:
                     proc.kill()

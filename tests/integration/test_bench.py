@@ -13,7 +13,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "pipeline.py"
 
 RAW = ["raw kafka-python producer", "raw kafka-python consumer", "raw json consumer", "raw at-least-once loop",
-       "raw transactional loop", "raw file-writing loop"]
+       "raw transactional loop", "raw file-writing loop", "broker limit (Java producer)"]
 # Each script figure and the raw loop that does its I/O: the ratios the goals name.
 SCRIPTS = {"rides.py": "raw kafka-python producer", "transaction.py at-least-once": "raw at-least-once loop",
            "transaction.py exactly-once": "raw transactional loop", "email.py (outbox)": "raw file-writing loop",
@@ -45,6 +45,8 @@ def test_quick_ratios_are_the_figures_quotients(quick_report):
         assert ratios[f"{script} / {raw}"] == pytest.approx(rate[script] / rate[raw])
     assert ratios["exactly-once / at-least-once (the price of exactly-once)"] == pytest.approx(
         rate["transaction.py exactly-once"] / rate["transaction.py at-least-once"])
+    assert ratios["raw kafka-python producer / broker limit (Java producer)"] == pytest.approx(
+        rate["raw kafka-python producer"] / rate["broker limit (Java producer)"])
 
 
 def test_quick_counts_reconcile(quick_report):

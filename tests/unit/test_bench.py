@@ -275,3 +275,13 @@ def test_a_baseline_is_shown_as_its_short_hash():
     head = bench.resolve_rev("HEAD")
     assert re.fullmatch(r"[0-9a-f]{7,}", head)
     assert bench.resolve_rev(head) == head
+
+
+def test_the_broker_limit_is_producer_performances_total_not_a_window():
+    import broker_limit  # bench/, put on the path by bench/pipeline.py
+
+    output = ("52691 records sent, 10538.2 records/sec (4.06 MB/sec), 2472.5 ms avg latency, 3219.0 ms max.\n"
+              "100000 records sent, 14587.892050 records/sec (5.62 MB/sec), 3011.88 ms avg latency, ...\n")
+    assert broker_limit.parse_rate(output) == pytest.approx(14587.89205)
+    with pytest.raises(broker_limit.LimitError, match="no summary line"):
+        broker_limit.parse_rate("Exception in thread main\n")
