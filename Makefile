@@ -36,7 +36,8 @@ chaos: venv
 fuzz: venv
 	$(PY) -m pytest -m fuzz $(PYTEST_ARGS)
 
-# Throughput of rides.py and transaction.py (both guarantees) next to raw kafka-python, in one run.
+# Every script's rate next to a raw kafka-python loop doing the same I/O, the broker's limit (Java's producer),
+# peak RSS and end-to-end latency, in one run (bench/README.md). `make bench ARGS=--quick`: a short check.
 bench: venv
 	$(PY) bench/pipeline.py $(ARGS)
 

@@ -1,34 +1,36 @@
-"""`make bench`: rides.py's produce rate and transaction.py's confirm rate (both guarantees), next to raw
-kafka-python producer and consumer rates for records of the same size, and the ratios, in one run.
+"""`make bench`: every script's rate next to a raw kafka-python loop doing the same I/O with the same client
+settings, the broker's own limit (Java's producer), each script's peak RSS, and end-to-end latency at 100
+and 500 rides/s, in one run against one broker. bench/README.md says how each figure is taken.
 
     .venv/bin/python bench/pipeline.py [--rides N] [--seed S] [--bootstrap-servers HOST:PORT] [--json]
-                                       [--baseline GIT-REV]
+                                       [--baseline GIT-REV] [--quick]
 
 Without --bootstrap-servers it starts its own broker (tools.broker.LocalBroker) in a temporary folder on
 a free port, and stops it at the end. Every figure comes from its own fresh topics. The table goes to
 stdout (or JSON with --json), progress to stderr; any failure is one line and a non-zero exit.
 
-How each figure is taken, so that none includes Python or JVM start-up:
+How the figures are taken, so that none includes Python or JVM start-up or a group join:
 - raw producer: common.clients.producer (the very settings rides.py uses) sends N pre-serialized
   RideRequests asynchronously, then one flush; timed from the first send to the end of the flush.
-- raw consumer: a plain KafkaConsumer (no group, no deserializer, no processing) reads them back; timed
-  from the first non-empty poll to the N-th record.
+- raw consumer: a plain KafkaConsumer (no group, no deserializer, no processing) reads them back; the raw
+  loops (bench/raw.py) use common.clients' consumer and producer. Each is timed from its first non-empty
+  poll to the N-th record done.
 - rides.py: the rate of its own summary line (first send to last ack), into topics of its own.
-- transaction.py: its input is the same N pre-serialized records in every run, written (untimed) with the
-  raw producer's settings, so that every run, at any revision, reads the same bytes. Watched from outside
-  through its group's committed offsets on ride_details, which advance only once a batch's outcomes are
-  published (at-least-once: flushed; exactly-once: in the same transaction); timed from the first
-  committed batch to the N-th ride, so start-up and group join are out.
-  Not through the output topics' ends: a read_committed consumer's end_offsets() is the last stable
-  offset, but in exactly-once mode every transaction also writes a commit marker per partition, which
-  takes an offset, so output offsets overcount records. Afterwards the outputs are read in full
-  (read_committed) to check each ride's outcome is there exactly once, as is transaction.py's summary.
-- --baseline REV: every figure of the project's scripts (rides.py, transaction.py in both guarantees) is also
-  taken from git revision REV, checked out into a temporary worktree, whose scripts run with that tree as
-  cwd and PYTHONPATH (they import its common/): over the same rides, on the same broker, in the same run,
-  timed the same way, each figure now, baseline, baseline, now (see run_order), and a ratio "now / at
-  baseline" for each. A change's cost is measured against what it replaced, not against another day's
-  figure. The raw kafka-python figures are this bench's own code: the same at any revision.
+- transaction.py, email.py, analysis.py: their input is written (untimed) before they start, the same bytes
+  in every run and at any revision (email.py and analysis.py: the confirmed rides of the same requests, made
+  with transaction.decide()). Watched from outside through their group's committed offsets on their
+  input, which advance only once a batch's effects are done; timed from the first committed batch to the
+  N-th record. Afterwards the outputs are checked: each ride's outcome once (transaction.py, read
+  read_committed), one .eml per confirmed ride (email.py), the summary lines' counts.
+  Not through the output topics' ends: in exactly-once mode every transaction also writes a commit marker
+  per partition, which takes an offset, so output offsets overcount records.
+- peak RSS: /proc/<pid>/status VmHWM just before the script is stopped (rides.py: last read as it runs).
+- latency: bench/README.md.
+- --baseline REV: every figure of the project's scripts is also taken from git revision REV, checked out
+  into a temporary worktree, whose scripts run with that tree as cwd and PYTHONPATH (they import its
+  common/): over the same input, on the same broker, in the same run, timed the same way, each figure now,
+  baseline, baseline, now (see run_order), and a ratio "now / at baseline" for each. A figure REV's
+  scripts cannot take is "-". The raw figures are this bench's own code: the same at any revision.
 """
 
 from __future__ import annotations
