@@ -5,20 +5,21 @@ SMTP settings (the --smtp-* flags or SMTP_HOST, SMTP_PORT, ...), sent through th
 over TLS (STARTTLS or port 465) unless --smtp-allow-plain-login says otherwise (a local test server).
 
 Guarantee: at-least-once consumption with an idempotent effect (common/apply.py). A SQLite ledger keyed by
-ride_id marks each ride 'sending' before its email goes and 'sent' after, before the offsets are committed:
-a ride Kafka delivers again is skipped. A crash between the two marks sends that one email again with the
-same Message-ID (the outbox file is replaced; over SMTP the rider may get it twice). A ride that cannot be
-emailed (undecodable, or refused for good: 5xx) goes to ride_confirmed.dlq with the reason; a failure of
-Kafka, the disk or the SMTP server (unreachable, 4xx after retries) stops the script without committing.
+ride_id records the emailed rides before the offsets are committed: a ride Kafka delivers again is skipped.
+Crash windows: the outbox marks a batch 'sent' in one transaction once its files are written (save(), before
+the commit): a crash before it rewrites at most that batch's files, each replacing itself (same name, same
+bytes), never a second email. SMTP marks each email 'sending' before it goes and 'sent' after: a crash
+between the two sends that one email again, with the same Message-ID. A ride that cannot be emailed
+(undecodable, or refused for good: 5xx) goes to ride_confirmed.dlq with the reason; a failure of Kafka, the
+disk or the SMTP server (unreachable, 4xx after retries) stops the script without committing.
 """
 
 import common.stdlib_email  # noqa: F401  (first: this file's name shadows the stdlib `email` package)
 
 # isort: split
-import functools
 from datetime import timezone
 from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
+from email.utils import format_datetime
 from uuid import UUID
 
 LEDGER_NAME = ".ledger.sqlite3"
@@ -49,9 +50,8 @@ if __name__ != "email":
         outbox: Path = Field(Path("outbox"), json_schema_extra={"metavar": "DIR"},
                              description="where .eml files go without SMTP settings")
         # Default: inside the outbox, so that whoever empties the outbox forgets the ledger with it.
-        ledger: Path | None = Field(None, json_schema_extra={"metavar": "PATH"},
-                                    description="SQLite ledger of emailed rides, owned by one consumer group "
-                                                f"(default: {LEDGER_NAME} in the outbox)")
+        ledger: Path | None = Field(None, json_schema_extra={"metavar": "PATH"}, description=(
+            f"SQLite ledger of emailed rides, owned by one consumer group (default: {LEDGER_NAME} in the outbox)"))
 
         @property
         def ledger_path(self) -> Path:
@@ -60,14 +60,9 @@ else:  # imported as the standard library's `email` by mistake (above): nothing 
     Store = object  # type: ignore[assignment,misc]
 
 
-@functools.lru_cache(maxsize=8)  # one sender per run: parsed once
-def sender_domain(sender: str) -> str:
-    return parseaddr(sender)[1].rpartition("@")[2]
-
-
 def message_id(ride_id: UUID, sender: str) -> str:
     """The same ride always gets the same Message-ID, so a resend is recognisable as the same email."""
-    return f"<ride-{ride_id}@{sender_domain(sender)}>"
+    return f"<ride-{ride_id}@{mail.domain_of(sender)}>"
 
 
 def render(ride: "schemas.RideConfirmed", sender: str | None = None) -> EmailMessage:
@@ -109,29 +104,36 @@ class Emails(Store):
         self.transport = mail.transport_for(settings, settings.outbox)  # first: it may refuse to start (Fatal)
         self.ledger = Ledger(settings.ledger_path, settings.group_id)
         self.sender, self.sleep = settings.smtp_from, sleep
+        self.unsaved: dict[UUID, str] = {}  # outbox emails written, not yet marked 'sent' (ride_id -> Message-ID)
         self.description = (f" through smtp://{settings.smtp_host}:{settings.smtp_port}" if settings.smtp_host
                             else f" into {settings.outbox}/") + f"; ledger {settings.ledger_path}"
 
     def apply(self, record, ride: "schemas.RideConfirmed") -> tuple[str, ...]:
-        status = self.ledger.status(ride.ride_id)
+        status = SENT if ride.ride_id in self.unsaved else self.ledger.status(ride.ride_id)
         if status == SENT:
             log.info("%s: ride %s was already emailed: skipped", where(record), ride.ride_id)
             return ("duplicates_skipped",)
         message = schemas.record_step("cannot render the email", render, ride, self.sender)
         if status == SENDING:
-            log.warning("%s: ride %s may have been emailed just before a crash: sending it again with the "
-                        "same Message-ID %s", where(record), ride.ride_id, message["Message-ID"])
-        self.ledger.sending(ride.ride_id, message["Message-ID"])
+            log.warning("%s: ride %s may have been emailed just before a crash: sending it again (same "
+                        "Message-ID)", where(record), ride.ride_id)
+        if not self.transport.resend_replaces:  # SMTP: each email marked on its own (the crash window above)
+            self.ledger.sending(ride.ride_id, message_id(ride.ride_id, self.sender))
         to = mail.deliver_with_retries(self.transport.deliver, message, ride.ride_id, self.sleep)
-        self.ledger.sent(ride.ride_id, message["Message-ID"])
-        log.info("%s: emailed ride %s to %s (driver %s, ETA %.0f min, fare %.2f %s) -> %s", where(record),
-                 ride.ride_id, ride.customer_email, ride.driver_id, ride.pickup_eta_minutes, ride.fare,
-                 ride.currency, to)
+        self.unsaved[ride.ride_id] = message_id(ride.ride_id, self.sender)  # the outbox's: 'sent' with the batch
+        if not self.transport.resend_replaces:
+            self.save({})
+        log.info("%s: emailed ride %s to %s (driver %s, ETA %.0f min, fare %.2f %s) -> %s", where(record), ride.ride_id,
+                 ride.customer_email, ride.driver_id, ride.pickup_eta_minutes, ride.fare, ride.currency, to)
         return ("emailed", "resent") if status == SENDING else ("emailed",)
 
     def set_aside(self, record, ride: "schemas.RideConfirmed | None", reason: str) -> None:
         if ride is not None:
             self.ledger.forget(ride.ride_id)  # so that a replay from the dead-letter topic emails it
+
+    def save(self, offsets) -> None:
+        self.ledger.sent_together(self.unsaved)
+        self.unsaved.clear()
 
     def close(self) -> None:
         self.transport.close()

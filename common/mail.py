@@ -85,6 +85,11 @@ def recipients(message: EmailMessage) -> list[str]:
     return [a.addr_spec for header in parsed for a in header.addresses]
 
 
+@functools.lru_cache(maxsize=8)  # one sender per run: parsed once, not per email
+def domain_of(address: str) -> str:
+    return parseaddr(address)[1].rpartition("@")[2]
+
+
 def eml_name(ride_id: UUID) -> str:
     return f"{ride_id}.eml"
 
@@ -103,6 +108,8 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 class Outbox:
     """Delivery without a mail server: one .eml file per ride, replaced (not duplicated) on a resend."""
+
+    resend_replaces = True  # a resend rewrites the same file with the same bytes: never a second email
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -152,6 +159,8 @@ class SmtpSettings(BaseSettings):
 
 class Smtp:
     """Delivery through an SMTP server, over one connection kept open between emails."""
+
+    resend_replaces = False  # each delivery is a real email: a resend reaches the rider twice
 
     def __init__(self, settings: SmtpSettings) -> None:
         self.host, self.port = settings.smtp_host or "", settings.smtp_port

@@ -28,13 +28,16 @@ except ImportError:  # Windows: no advisory locks; one instance per state file i
 
 SENDING = "sending"  # about to be delivered, or delivered just before a crash: "maybe sent"
 SENT = "sent"
+_UPSERT = ("INSERT INTO emails (ride_id, message_id, status, updated_at) VALUES (?, ?, ?, ?)"
+           " ON CONFLICT (ride_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at")
 
 
 class Ledger:
     """Which rides were emailed: ride_id -> 'sending' | 'sent', in SQLite, for one consumer group.
 
-    Every change is its own committed transaction, written before the effect it announces ('sending')
-    or right after it ('sent'), and always before Kafka's offset commit.
+    Every change is a committed transaction, written before the effect it announces ('sending') or after
+    it ('sent': one email's, or a whole batch's with sent_together()), and always before Kafka's offset
+    commit. Which crash window that leaves is the caller's choice (email.py says it per transport).
 
     The ledger records the group that created it. Instances of that group share it (a ride moved to
     another instance by a rebalance is skipped there); another group is refused, since each group gets
@@ -77,17 +80,22 @@ class Ledger:
         return row[0] if row else None
 
     def _set(self, ride_id: UUID, msg_id: str, status: str) -> None:
-        self._db.execute(
-            "INSERT INTO emails (ride_id, message_id, status, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (ride_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
-            (str(ride_id), msg_id, status, datetime.now(timezone.utc).isoformat()),
-        )
+        self._db.execute(_UPSERT, (str(ride_id), msg_id, status, datetime.now(timezone.utc).isoformat()))
 
     def sending(self, ride_id: UUID, msg_id: str) -> None:
         self._set(ride_id, msg_id, SENDING)
 
     def sent(self, ride_id: UUID, msg_id: str) -> None:
         self._set(ride_id, msg_id, SENT)
+
+    def sent_together(self, emails: dict[UUID, str]) -> None:
+        """Mark these rides (ride_id -> Message-ID) 'sent' in one transaction: all of them, or none."""
+        if not emails:
+            return
+        now = datetime.now(timezone.utc).isoformat()
+        with self._db:  # commits the transaction begun below, or rolls it back
+            self._db.execute("BEGIN")
+            self._db.executemany(_UPSERT, [(str(ride_id), msg_id, SENT, now) for ride_id, msg_id in emails.items()])
 
     def forget(self, ride_id: UUID) -> None:
         """For a ride set aside in the dead-letter topic: a replay from there must email it."""

@@ -102,7 +102,9 @@ class Mailer:
         self.ledger, self.transport, self.tally = self.store.ledger, self.store.transport, self.applier.tally
 
     def handle(self, record: ConsumerRecord) -> None:
+        """One record as a batch of its own: applied, then saved (as the loop does before its commit)."""
         self.applier.handle(record)
+        self.store.save({})
 
     def close(self) -> None:
         self.store.close()
@@ -302,6 +304,46 @@ def test_a_recipient_refused_for_good_is_dead_lettered_and_forgotten_by_the_ledg
     assert mailer.tally["dead_lettered"] == 1
     assert "refused" in dict(mailer.producer.sent[0][3])[REASON].decode()
     assert mailer.ledger.status(RIDE_ID) is None  # a replay from the dead-letter topic emails it
+
+
+def test_the_outbox_marks_a_batch_sent_in_one_ledger_transaction_when_the_batch_is_saved(mailer, tmp_path):
+    rides = [ride(uuid4()) for _ in range(20)]
+    statements: list[str] = []
+    mailer.ledger._db.set_trace_callback(statements.append)
+    mailer.applier.apply([record_of(r, offset=i) for i, r in enumerate(rides)] + [record_of(rides[0], offset=20)])
+    assert not [s for s in statements if not s.startswith("SELECT")]  # nothing written per email
+    mailer.store.save({})
+    writes = [s.split()[0] for s in statements if not s.startswith("SELECT")]
+    assert writes == ["BEGIN"] + ["INSERT"] * 20 + ["COMMIT"]
+    assert stores.read_ledger(tmp_path / "outbox" / em.LEDGER_NAME) == {str(r.ride_id): stores.SENT for r in rides}
+    assert len(emails_in(tmp_path / "outbox")) == 20 and mailer.tally["duplicates_skipped"] == 1
+
+
+def test_crash_window_outbox_a_batch_not_saved_is_written_again_into_the_same_files(mailer, tmp_path):
+    rides = [ride(uuid4()) for _ in range(5)]
+    records = [record_of(r, offset=i) for i, r in enumerate(rides)]
+    mailer.applier.apply(records)  # then a crash: the batch was neither saved nor committed
+    before = {p.name: p.read_bytes() for p in emails_in(tmp_path / "outbox")}
+    mailer.close()
+    replay = Mailer(tmp_path / "outbox")
+    replay.applier.apply(records)
+    replay.store.save({})
+    assert {p.name: p.read_bytes() for p in emails_in(tmp_path / "outbox")} == before  # replaced, not added
+    assert set(stores.read_ledger(tmp_path / "outbox" / em.LEDGER_NAME).values()) == {stores.SENT}
+    replay.close()
+
+
+def test_smtp_marks_each_email_sending_before_and_sent_after_its_delivery(smtp_server, tmp_path):
+    port = smtp_server.server_address[1]
+    m = Mailer(tmp_path, mail.Smtp(em.EmailSettings(group_id="email", smtp_host="127.0.0.1", smtp_port=port)))
+    seen = []
+    deliver = m.store.transport.deliver
+    m.store.transport.deliver = lambda msg, ride_id: (seen.append(m.ledger.status(ride_id)), deliver(msg, ride_id))[1]
+    rides = [ride(uuid4()) for _ in range(3)]
+    m.applier.apply([record_of(r, offset=i) for i, r in enumerate(rides)])  # not saved yet: already 'sent'
+    assert seen == [stores.SENDING] * 3
+    assert stores.read_ledger(tmp_path / em.LEDGER_NAME) == {str(r.ride_id): stores.SENT for r in rides}
+    m.close()
 
 
 def test_a_batch_stops_between_records_when_asked(mailer):
