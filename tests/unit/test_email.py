@@ -191,6 +191,7 @@ def test_write_atomically_replaces_the_file_and_leaves_no_temporary_files(tmp_pa
     mail.write_atomically(path, b"second")
     assert path.read_bytes() == b"second"
     assert [p.name for p in tmp_path.iterdir()] == ["a.eml"]
+    assert path.stat().st_mode & 0o777 == 0o600  # an email is personal data: its owner's alone
 
 
 def test_a_failed_write_keeps_the_old_file_whole_and_cleans_up(tmp_path):
