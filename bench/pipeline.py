@@ -790,15 +790,18 @@ def latency_samples(confirmed: list[tuple[str, int]], email_mtimes: dict[str, fl
     return to_confirmed, to_email
 
 
-def wait_for(condition: Callable[[], bool], what: str, procs_alive: list, timeout: float = STALL_TIMEOUT) -> None:
-    """Sample condition() until it holds; a BenchError if a script exits first or it takes `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        for script in procs_alive:
+def wait_for(done: Callable[[], int], target: int, what: str, scripts: list, timeout: float = STALL_TIMEOUT) -> None:
+    """Sample done() until it reaches target; a BenchError if a script exits first, or if done() has not
+    grown for `timeout` s (a backlog that shrinks is slow, not stuck)."""
+    deadline, best = time.monotonic() + timeout, -1
+    while (count := done()) < target:
+        for script in scripts:
             if not script.running:
                 raise BenchError(f"{script.label} exited {script.process.returncode}: {_last_line(script.log())}")
+        if count > best:
+            deadline, best = time.monotonic() + timeout, count
         if time.monotonic() > deadline:
-            raise BenchError(f"latency run: {what} not within {timeout:.0f} s")
+            raise BenchError(f"latency run: {what}: {count} of {target}, then no progress for {timeout:.0f} s")
         time.sleep(POLL_INTERVAL)
 
 
@@ -816,7 +819,7 @@ def run_latency(bootstrap: str, prefix: str, rides_per_s: int, seconds: float, s
                log_dir=work_dir)
     procs += [tx, mail]
     # Both consumers own their partitions before the first ride: no start-up or group join in the figures.
-    wait_for(lambda: all("partitions assigned" in s.log() for s in (tx, mail)), "both consumers assigned",
+    wait_for(lambda: sum("partitions assigned" in s.log() for s in (tx, mail)), 2, "consumers assigned",
              [tx, mail], STALL_TIMEOUT * 2)
     n = int(rides_per_s * seconds)
     rides = Run(PROJECT_ROOT, "rides.py", *common_args, "--rate", str(rides_per_s), "--count", str(n), "--seed",
@@ -826,13 +829,12 @@ def run_latency(bootstrap: str, prefix: str, rides_per_s: int, seconds: float, s
         raise BenchError(f"rides.py --rate {rides_per_s} failed: {_last_line(rides.log())}")
     watcher = admin(bootstrap)
     try:
-        wait_for(lambda: committed_total(watcher, f"{prefix}transaction", prefix + topics.RIDE_DETAILS) >= n,
-                 "every ride decided", [tx, mail])
+        wait_for(lambda: committed_total(watcher, f"{prefix}transaction", prefix + topics.RIDE_DETAILS), n,
+                 "rides decided", [tx, mail])
     finally:
         watcher.close()
     confirmed = read_records(bootstrap, [prefix + topics.RIDE_CONFIRMED])
-    wait_for(lambda: sum(1 for _ in outbox.glob("*.eml")) >= len(confirmed), "every confirmed ride emailed",
-             [tx, mail])
+    wait_for(lambda: sum(1 for _ in outbox.glob("*.eml")), len(confirmed), "confirmed rides emailed", [tx, mail])
     mail.stop()
     tx.stop()
     requested = {}

@@ -285,3 +285,14 @@ def test_the_broker_limit_is_producer_performances_total_not_a_window():
     assert broker_limit.parse_rate(output) == pytest.approx(14587.89205)
     with pytest.raises(broker_limit.LimitError, match="no summary line"):
         broker_limit.parse_rate("Exception in thread main\n")
+
+
+def test_latency_runs_from_requested_at_to_the_confirmed_records_timestamp_and_to_the_emails_mtime():
+    from datetime import datetime, timezone
+
+    at = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    requested = {"a": at, "b": at}
+    confirmed = [("a", int(at.timestamp() * 1000) + 12), ("b", int(at.timestamp() * 1000) + 30)]
+    to_confirmed, to_email = bench.latency_samples(confirmed, {"a": at.timestamp() + 0.05, "b": None}, requested)
+    assert to_confirmed == pytest.approx([12, 30])
+    assert to_email == pytest.approx([50])  # "b" has no email (yet): no sample, the caller counts them
