@@ -52,6 +52,10 @@ def producer(settings: Settings, client_id: str, *, transactional_id: str | None
         enable_idempotence=True,
         # Wait up to 10 ms to fill a batch: one request then carries many rides instead of one.
         linger_ms=10,
+        # Batches of up to 128 KiB instead of 16 KiB: kafka-python wakes its I/O thread (a syscall) on nearly
+        # every send once a partition has a full batch queued; bigger batches fill less often, and the
+        # wakeups halve (issue 9: rides.py 1.68x as fast, transaction.py 1.36x, a raw producer 1.64x).
+        batch_size=128 * 1024,
         # Set for transaction.py's exactly-once mode: a stable id per instance, so a restarted instance
         # fences its crashed predecessor and aborts the transaction it left open.
         transactional_id=transactional_id,

@@ -2,7 +2,7 @@
 
     while not shutdown.requested and not enough acknowledged:
         wait while too many are in flight; pace to the rate
-        producer.send(next message)              # acks=all, idempotent (common.clients)
+        producer.send(next messages), a burst    # acks=all, idempotent (common.clients)
     finally: flush (within the stop's 10 s), close, the summary line
 
 A message counts as sent once send() takes it and as acknowledged only once the broker has stored it:
@@ -12,10 +12,12 @@ A message counts as sent once send() takes it and as acknowledged only once the 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from itertools import islice
 
 from kafka.errors import KafkaTimeoutError
 
@@ -28,11 +30,13 @@ log = logging.getLogger(__name__)
 # Rides sent and not yet acknowledged, at most: a few batches' worth keeps the producer busy, and far
 # below what fills its 32 MB buffer.
 MAX_IN_FLIGHT = 10_000
+BURST = 500  # sends between two checks of the loop (stop request, Kafka lost, progress, pace)
 
 
 class Deliveries:
     """Counts what the broker acknowledged. Callbacks run on the producer's I/O thread (or at once, on
-    the main thread, when a send has already completed), hence the lock."""
+    the main thread, when a send has already completed), hence the lock; `requested` is the main thread's
+    alone."""
 
     def __init__(self) -> None:
         self.requested = 0  # sent
@@ -55,8 +59,7 @@ class Deliveries:
             return self.requested - self.acknowledged - self.failed
 
     def sent(self, ride_id: uuid.UUID, future) -> None:
-        with self._lock:
-            self.requested += 1
+        self.requested += 1
         future.add_callback(self._ok).add_errback(self._failed, ride_id)
 
     def _ok(self, _metadata) -> None:
@@ -64,7 +67,8 @@ class Deliveries:
             if self._final:
                 return
             self.acknowledged += 1
-        self.changed.set()
+        if not self.changed.is_set():  # set() takes a lock and notifies: once per wait is enough
+            self.changed.set()
 
     def _failed(self, ride_id: uuid.UUID, error: Exception) -> None:
         with self._lock:
@@ -74,6 +78,14 @@ class Deliveries:
         self.changed.set()
         log.error("ride %s was not acknowledged (%s: %s); it is not counted and another ride replaces it",
                   ride_id, type(error).__name__, error)
+
+
+def room_for(deliveries: Deliveries, count: int | None) -> int:
+    """How many more messages may be sent now: the room under MAX_IN_FLIGHT, and no more than `count` still
+    needs beyond what is acknowledged or on its way."""
+    in_flight = deliveries.in_flight
+    room = MAX_IN_FLIGHT - in_flight
+    return room if count is None else min(room, count - deliveries.acknowledged - in_flight)
 
 
 def run(settings: Settings, topic: str, messages: Iterator[schemas.RideRequest], count: int | None, rate: float,
@@ -97,29 +109,30 @@ def run(settings: Settings, topic: str, messages: Iterator[schemas.RideRequest],
                 last_report = time.monotonic()
                 log.info("progress: requested=%d acknowledged=%d failed=%d", deliveries.requested,
                          deliveries.acknowledged, deliveries.failed)
-            if count is not None and deliveries.acknowledged + deliveries.in_flight >= count:
-                if deliveries.in_flight == 0:
+            room = room_for(deliveries, count)
+            if room <= 0:
+                if count is not None and deliveries.acknowledged >= count:
                     break  # count reached: every message acknowledged
-                # All messages needed are on their way: wait for their acks (a failure reopens the loop).
+                # Too many in flight (Kafka is slow or away: wait for acks here, where a stop request is heard,
+                # rather than in send(), which blocks for up to a minute once the producer's buffer is full),
+                # or all the messages needed are on their way: wait for their acks (a failure reopens the loop).
                 deliveries.changed.clear()
-                if deliveries.in_flight:
-                    deliveries.changed.wait(0.2)
-                continue
-            if deliveries.in_flight >= MAX_IN_FLIGHT:
-                # Kafka is slow or away: wait for acks here, where a stop request is heard, rather than
-                # in send(), which blocks for up to a minute once the producer's buffer is full.
-                deliveries.changed.clear()
-                if deliveries.in_flight >= MAX_IN_FLIGHT:
+                if room_for(deliveries, count) <= 0:
                     deliveries.changed.wait(0.2)
                 continue
             if rate:
                 # Pace against the start time, not the last send, so that the average rate holds.
-                ahead = started + deliveries.requested / rate - time.monotonic()
-                if ahead > 0 and shutdown.sleep(ahead):
-                    break
-            message = next(messages)
-            future = producer.send(topic, key=schemas.ride_key(message.ride_id), value=schemas.encode(message))
-            deliveries.sent(message.ride_id, future)
+                elapsed = time.monotonic() - started
+                if deliveries.requested / rate > elapsed:
+                    if shutdown.sleep(deliveries.requested / rate - elapsed):
+                        break
+                    continue
+                room = min(room, math.floor(elapsed * rate) + 1 - deliveries.requested)  # the rides due by now
+            # A burst without the checks above, which cost about as much as a send: a stop request is still
+            # heard within BURST sends (a few ms).
+            for message in islice(messages, min(room, BURST)):
+                future = producer.send(topic, key=schemas.ride_key(message.ride_id), value=schemas.encode(message))
+                deliveries.sent(message.ride_id, future)
     finally:
         # Stop producing, then give the messages on their way a chance to be acknowledged, within the
         # 10 s a stop may take (Kafka may be unreachable: then they are abandoned).
