@@ -163,11 +163,13 @@ def run_order(baseline: bool) -> list[str]:
     return [NOW, BASELINE, BASELINE, NOW] if baseline else [NOW]
 
 
-def measure_scripts(run_one: Callable[[str, str], tuple[float, float | None] | None],
-                    baseline: bool) -> dict[tuple[str, str], list[tuple[float, float | None]]]:
+Runs = dict[tuple[str, str], list[tuple[float, float | None]]]  # {(figure, side): [(rate, peak RSS MB)]}
+
+
+def measure_scripts(run_one: Callable[[str, str], tuple[float, float | None] | None], baseline: bool) -> Runs:
     """Every script figure's runs, figure after figure, each in run_order: {(figure, side): [(rate, peak
     RSS MB)]}. A run that returns None (a baseline whose script cannot take this figure) is left out."""
-    runs: dict[tuple[str, str], list[tuple[float, float | None]]] = {}
+    runs: Runs = {}
     for figure in SCRIPT_FIGURES:
         for side in run_order(baseline):
             result = run_one(figure, side)
@@ -184,7 +186,7 @@ NOTES = {
 }
 
 
-def script_figures(runs: dict[tuple[str, str], list[float]], names: list[str], record_bytes: float) -> list[Figure]:
+def script_figures(runs: Runs, names: list[str], record_bytes: float) -> list[Figure]:
     """The figures of these script figures' runs, each followed by its twin at baseline when there is one."""
     figures = []
     for name in names:
@@ -856,7 +858,7 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def order_figures(raw_figures: list[Figure], runs: dict, record_bytes: float) -> list[Figure]:
+def order_figures(raw_figures: list[Figure], runs: Runs, record_bytes: float) -> list[Figure]:
     """Each script figure (and its twin at baseline) right under the raw figure it is compared with."""
     raw = {f.name: f for f in raw_figures}
     shown = [raw.pop(RAW_PRODUCER), *script_figures(runs, [RIDES], record_bytes)]
