@@ -5,8 +5,9 @@ Per batch: decode each record and hand it to store.apply() (a record it cannot t
 dead-letter topic, with the reason); flush the dead letters; store.save(offsets); commit the offsets.
 The guarantee is the store's:
 
-- a ledger of effects (email.py): apply() writes down each effect before and after making it, so a
-  record delivered again (a restart, a rebalance) is skipped: at-least-once consumption, one effect;
+- a ledger of effects (email.py): each effect is written down before the offsets are committed (before
+  and after making it, or with its batch in save() where making it again only replaces it), so a record
+  delivered again (a restart, a rebalance) is skipped: at-least-once consumption, one effect;
 - state saved with its offsets (analysis.py): save() writes both in one transaction, and the partitions
   resume from the saved offsets (Store.resume_from), not from Kafka's: what was counted and what was read
   never disagree. The Kafka commit then only shows the group's progress to lag monitoring.

@@ -1,7 +1,8 @@
 """The stores consume-and-apply scripts keep beside Kafka (common.apply), in SQLite: what was applied.
 
 - Ledger: which rides an effect was made for (email.py: each email), written before and after each
-  effect, so that a ride delivered again is skipped;
+  effect or once per batch of them, always before the offsets are committed, so that a ride delivered
+  again is skipped;
 - State: a script's state and the offsets of the records it includes, only ever saved together, so that
   a restart resumes exactly where the state ends (analysis.py's statistics).
 
