@@ -98,12 +98,19 @@ def confirm(request: RideRequest, now: datetime) -> RideConfirmed:
     driver_lat, driver_lon = driver_position(request.ride_id, request.pickup)
     to_pickup = city.distance_km(driver_lat, driver_lon, request.pickup.lat, request.pickup.lon)
     km = trip_km(request)
-    fields = request.model_dump()
-    for place in ("pickup", "dropoff"):
-        fields[place]["zone"] = city.zone_of(fields[place]["lat"], fields[place]["lon"])
+    # The request's own values, not a dump of them: RideConfirmed then takes its (validated) places as they
+    # are instead of validating them again, a third of the cost of building it.
+    fields = {name: getattr(request, name) for name in RideRequest.model_fields}
+    fields["pickup"], fields["dropoff"] = own_zone(request.pickup), own_zone(request.dropoff)
     return RideConfirmed(**fields, driver_id=assign_driver(request.ride_id), distance_km=round(km, 3),
                          pickup_eta_minutes=pickup_eta_minutes(to_pickup), fare=fare(km), currency=city.CURRENCY,
                          confirmed_at=now)
+
+
+def own_zone(place: Place) -> Place:
+    """The place named by the service's zone for its coordinates (the same place when the client's name agrees)."""
+    zone = city.zone_of(place.lat, place.lon)
+    return place if place.zone == zone else Place(lat=place.lat, lon=place.lon, zone=zone)
 
 
 def reject(request: RideRequest, reason: str, now: datetime) -> RideRejected:
