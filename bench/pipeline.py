@@ -534,7 +534,11 @@ def run_consumer(tree: Path, script_name: str, args: list[str], label: str, boot
                      "--group-id", group, log_dir=log_dir)
         script.label = label
         procs.append(script)
-        rate_, rss = watch_catch_up(script, watcher, group, prefix + source, n)
+        try:
+            rate_, rss = watch_catch_up(script, watcher, group, prefix + source, n)
+        except BenchError:
+            script.kill()  # a baseline's figure that failed must not load the machine for the next ones
+            raise
     finally:
         watcher.close()
     script.stop()
@@ -709,7 +713,7 @@ def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path,
     confirmed_topic = create_input_topic(bootstrap, f"{run_id}-raw.", topics.RIDE_CONFIRMED)
     raw_produce(bootstrap, confirmed_topic, confirmed)  # untimed: the input of the figures below
     raw_figures = [raw_producer, raw_consumer, *raw_loops(bootstrap, run_id, raw_topic, confirmed_topic, n, m,
-                                                          record_bytes, work_dir)]
+                                                          work_dir)]
     raw_figures.append(broker_limit(bootstrap, create_input_topic(bootstrap, f"{run_id}-java."), max(n, java_records),
                                     record_bytes, report.checks))
 
@@ -868,12 +872,20 @@ def order_figures(raw_figures: list[Figure], runs: Runs, record_bytes: float) ->
     return shown + list(raw.values())
 
 
-def raw_loops(bootstrap: str, run_id: str, requests: str, confirmed: str, n: int, m: int, record_bytes: float,
+def raw_loops(bootstrap: str, run_id: str, requests: str, confirmed: str, n: int, m: int,
               work_dir: Path) -> list[Figure]:
     """The raw kafka-python loops (bench/raw.py): requests is a topic of the N ride requests, confirmed of
     the M confirmed rides."""
     import raw
 
+    try:
+        return _raw_loops(raw, bootstrap, run_id, requests, confirmed, n, m, work_dir)
+    except raw.RawError as e:
+        raise BenchError(str(e)) from None
+
+
+def _raw_loops(raw, bootstrap: str, run_id: str, requests: str, confirmed: str, n: int, m: int,
+               work_dir: Path) -> list[Figure]:
     progress(f"raw json consumer: {m:,} confirmed rides")
     json_rate = rate_between(*raw.json_consumer(bootstrap, confirmed, m))
     progress(f"raw at-least-once loop: {n:,} records")
