@@ -155,6 +155,7 @@ class TransformLoop:
         """Send the outputs of every record (or set it aside); returns the sends' futures."""
         futures = []
         partitions = len(self.consumer.partitions_for_topic(self.source) or ())
+        counts: dict[str, int] = {}  # the output topics' partition counts, looked up once a batch
         for record in records:
             try:  # every step here is pure: whatever fails belongs to this record, which is set aside
                 message = consume.decode(self.model, record)
@@ -171,10 +172,23 @@ class TransformLoop:
             for out in outs:
                 if out.note:
                     log.info("%s: ride %s %s", where(record), message.ride_id, out.note)
-                futures.append(self.producer.send(self.settings.topic(out.topic), key=schemas.ride_key(message.ride_id),
-                                                  value=schemas.encode(out.message)))
+                topic = self.settings.topic(out.topic)
+                # record.key is the ride_id's key (consume.decode checked it).
+                futures.append(self.producer.send(topic, key=record.key, value=schemas.encode(out.message),
+                                                  partition=self._home(topic, record, fingerprint, partitions, counts)))
                 self.pending[out.counted_as] += 1
         return futures
+
+    def _home(self, topic: str, record: ConsumerRecord, fingerprint: str | None, partitions: int,
+              counts: dict[str, int]) -> int | None:
+        """The output's partition when it is known without hashing the key again: a record checked to be in its
+        key's home partition (_first_time) has the same home in a topic with as many partitions. None: the
+        producer's partitioner (murmur2 in Python, a tenth of a record's time) decides."""
+        if not fingerprint:
+            return None
+        if topic not in counts:
+            counts[topic] = len(self.producer.partitions_for(topic))
+        return record.partition if counts[topic] == partitions else None
 
     def _first_time(self, record: ConsumerRecord, message: Any, partitions: int) -> str:
         """The request's fingerprint if its ride is not decided yet; "" for the same request again (a

@@ -33,6 +33,7 @@ NOW = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 class FakeProducer:
     def __init__(self, calls: list, fail_on: str | None = None) -> None:
         self.calls, self.fail_on = calls, fail_on
+        self.sent: list[tuple] = []  # (topic, key, partition) of every send
         self.config = {"transaction_timeout_ms": 15000, "max_request_size": 1048576}
 
     def _call(self, name: str, *args):
@@ -45,7 +46,11 @@ class FakeProducer:
 
     def send(self, topic, key=None, value=None, headers=None, partition=None):
         self._call("send", topic)
+        self.sent.append((topic, key, partition))
         return Future().success(None)
+
+    def partitions_for(self, topic):
+        return set(range(topics.PARTITIONS[topic.removeprefix("p.")]))
 
     def flush(self, timeout=None):
         self._call("flush")
@@ -134,6 +139,20 @@ def test_at_least_once_flushes_outputs_then_decisions_then_commits_the_offsets()
     assert all(c[1] != "p.g-decided-changelog" for c in calls[:first_flush] if c[0] == "send")
     assert all(c[1] == "p.g-decided-changelog" for c in calls[first_flush:last_flush] if c[0] == "send")
     assert calls[-1] == ("commit offsets", {r.partition: r.offset + 1 for r in records})
+
+
+def test_outputs_are_keyed_by_ride_and_go_where_the_default_partitioner_puts_their_key():
+    t = transform_loop([])
+    records = batch(300)
+    t.commit(records)
+    outputs = [s for s in t.producer.sent if s[0] in ("p.ride_confirmed", "p.ride_rejected")]
+    assert sorted(key for _topic, key, _partition in outputs) == sorted(r.key for r in records)
+    for topic, key, partition in outputs:
+        count = topics.PARTITIONS[topic.removeprefix("p.")]
+        assert partition in (None, home_partition(key, count))
+        # Where the topic has as many partitions as ride_details, the partition is the record's own, given
+        # (not hashed again by the producer).
+        assert (partition is not None) == (count == PARTITIONS)
 
 
 def test_the_same_request_again_is_dropped_and_a_different_one_under_its_ride_id_is_set_aside():
