@@ -9,8 +9,6 @@ or produced and committed), the first batch's records left out of the numerator 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,18 +114,11 @@ def transform_loop(bootstrap: str, source: str, target: str, n: int, transaction
         producer.close()
 
 
-def write_atomically(directory: Path, name: str, data: bytes) -> None:
-    """Write aside, then rename: what email.py's outbox does for each email."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, directory / name)
-
-
 def file_loop(bootstrap: str, source: str, n: int, directory: Path) -> tuple[Sample, Sample]:
     """Consume confirmed rides, json-decode each, write one small file per record atomically, commit per
     batch: email.py's I/O into its outbox, minus rendering and ledger."""
     from common import clients
+    from common.mail import write_atomically  # email.py's own write (aside, then rename): the same I/O
 
     directory.mkdir(parents=True, exist_ok=True)
     consumer = clients.consumer(_settings(bootstrap, f"{source}.raw-files"), [source], "bench-raw-files")
@@ -137,7 +128,7 @@ def file_loop(bootstrap: str, source: str, n: int, directory: Path) -> tuple[Sam
             for r in rs:
                 ride = json.loads(r.value)
                 body = f"To: {ride['customer_email']}\nSubject: ride {ride['ride_id']}\n\nfare {ride['fare']}\n"
-                write_atomically(directory, f"{ride['ride_id']}.eml", body.encode())
+                write_atomically(directory / f"{ride['ride_id']}.eml", body.encode())
         consumer.commit(_offsets(batch))
 
     try:

