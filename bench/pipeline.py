@@ -901,7 +901,7 @@ def _raw_loops(raw, bootstrap: str, run_id: str, requests: str, confirmed: str, 
                                         "flush, then commit"),
         Figure(RAW_EOS, eos_rate, None, "the same in one transaction per batch (send_offsets_to_transaction)"),
         Figure(RAW_FILES, files_rate, None, f"{scripts_consumer}: json-decode, one small file per record "
-                                            "(tempfile + os.replace), commit per batch"),
+                                            "(email.py's write: aside, then rename), commit per batch"),
     ]
 
 
