@@ -374,6 +374,7 @@ def raw_produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) 
 
 def raw_consume(bootstrap: str, topic: str, n: int) -> float:
     """Rate of a plain consumer reading N records from the beginning: from the first non-empty poll."""
+    import raw
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -382,22 +383,11 @@ def raw_consume(bootstrap: str, topic: str, n: int) -> float:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        count, first = 0, None
-        deadline = time.monotonic() + STALL_TIMEOUT
-        while count < n:
-            batch = consumer.poll(timeout_ms=500)
-            got = sum(len(rs) for rs in batch.values())
-            if got:
-                count += got
-                if first is None:
-                    first = (time.perf_counter(), count)
-                deadline = time.monotonic() + STALL_TIMEOUT
-            elif time.monotonic() > deadline:
-                raise BenchError(f"raw consumer: {count} of {n} records read, then nothing for {STALL_TIMEOUT:.0f} s")
-        if count != n:
-            raise BenchError(f"raw consumer: read {count} records, {n} were produced")
-        assert first is not None  # n > 0 records were read
-        return rate_between(first, (time.perf_counter(), count))
+        try:  # the same loop as the raw loops', doing nothing with each batch
+            first, last = raw.consume_loop(consumer, n, "raw consumer", lambda batch: None)
+        except raw.RawError as e:
+            raise BenchError(str(e)) from None
+        return rate_between(first, last)
     finally:
         consumer.close()
 
