@@ -62,6 +62,12 @@ def producer(settings: Settings, client_id: str, *, transactional_id: str | None
         # An open transaction of an instance that died for good blocks read_committed readers of its
         # partitions until it times out: keep that short (default 60 s).
         transaction_timeout_ms=15000,
+        # Transactional: 20 ms, not the default 100 ms. A transaction begun right after the last one committed
+        # is often told CONCURRENT_TRANSACTIONS (the broker is still writing the last one's markers) and
+        # retried; kafka-python 3.0.12's sender then sleeps retry_backoff_ms, ignoring the 20 ms its own
+        # transaction manager asks for in that case (as the Java client does): at 100 rides/s, one batch in
+        # twenty waited 100 ms, the p99 of request-to-confirmed (issue 9: p95 215 -> 37 ms).
+        retry_backoff_ms=20 if transactional_id else 100,
     )
     _throttle_metadata_requests(p)
     return p
