@@ -11,17 +11,18 @@ A message counts as sent once send() takes it and as acknowledged only once the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import threading
 import time
-import uuid
+from collections import deque
 from collections.abc import Iterator
 from itertools import islice
 
 from kafka.errors import KafkaTimeoutError
+from kafka.producer.future import FutureRecordMetadata as Future
 
-from common import clients, reachability, schemas
+from common import clients, reachability
 from common.settings import Settings
 from common.shutdown import Shutdown
 
@@ -34,50 +35,69 @@ BURST = 500  # sends between two checks of the loop (stop request, Kafka lost, p
 
 
 class Deliveries:
-    """Counts what the broker acknowledged. Callbacks run on the producer's I/O thread (or at once, on
-    the main thread, when a send has already completed), hence the lock; `requested` is the main thread's
-    alone."""
+    """Counts what the broker acknowledged, on the main thread alone: the sends' futures are kept in the
+    order of sending and the done ones at the head are counted whenever the loop looks. No callback per
+    send: two per send (ack and error), run on the producer's I/O thread under a lock, held the GIL the
+    sends need. A send done behind one still on its way counts as in flight until the head is done (a few
+    ms: batches are acknowledged in about the order they were sent)."""
 
     def __init__(self) -> None:
         self.requested = 0  # sent
-        self.acknowledged = 0
-        self.failed = 0
-        self.changed = threading.Event()
-        self._lock = threading.Lock()
+        self._acknowledged = 0
+        self._failed = 0
+        self._pending: deque[tuple[Future, bytes]] = deque()  # (future, key) of each send not yet counted
         self._final = False
 
     @property
+    def acknowledged(self) -> int:
+        self._count_done()
+        return self._acknowledged
+
+    @property
+    def failed(self) -> int:
+        self._count_done()
+        return self._failed
+
+    @property
     def in_flight(self) -> int:
-        with self._lock:
-            return self.requested - self.acknowledged - self.failed
+        self._count_done()
+        return len(self._pending)
+
+    def sent(self, key: bytes, future: Future) -> None:
+        self.requested += 1
+        self._pending.append((future, key))
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to `timeout` s for the oldest send in flight to be done."""
+        if self._pending:
+            with contextlib.suppress(Exception):  # a failure is counted and logged by _count_done
+                self._pending[0][0].get(timeout)
+        self._count_done()
 
     def final(self) -> int:
-        """Stop counting: sends abandoned from now on stay unacknowledged, not failed. Returns how many
-        are unacknowledged."""
-        with self._lock:
-            self._final = True
-            return self.requested - self.acknowledged - self.failed
+        """Count every send done by now, and stop counting: those abandoned from now on stay unacknowledged,
+        not failed. Returns how many are unacknowledged."""
+        still: deque[tuple[Future, bytes]] = deque()
+        for future, key in self._pending:
+            if future.is_done:
+                self._count(future, key)
+            else:
+                still.append((future, key))
+        self._pending, self._final = still, True
+        return len(still)
 
-    def sent(self, ride_id: uuid.UUID, future) -> None:
-        self.requested += 1
-        future.add_callback(self._ok).add_errback(self._failed, ride_id)
+    def _count_done(self) -> None:
+        pending = self._pending
+        while pending and pending[0][0].is_done and not self._final:
+            self._count(*pending.popleft())
 
-    def _ok(self, _metadata) -> None:
-        with self._lock:
-            if self._final:
-                return
-            self.acknowledged += 1
-        if not self.changed.is_set():  # set() takes a lock and notifies: once per wait is enough
-            self.changed.set()
-
-    def _failed(self, ride_id: uuid.UUID, error: Exception) -> None:
-        with self._lock:
-            if self._final:
-                return
-            self.failed += 1
-        self.changed.set()
+    def _count(self, future: Future, key: bytes) -> None:
+        if future.exception is None:
+            self._acknowledged += 1
+            return
+        self._failed += 1
         log.error("ride %s was not acknowledged (%s: %s); it is not counted and another ride replaces it",
-                  ride_id, type(error).__name__, error)
+                  key.decode(errors="replace"), type(future.exception).__name__, future.exception)
 
 
 def room_for(deliveries: Deliveries, count: int | None) -> int:
@@ -88,11 +108,11 @@ def room_for(deliveries: Deliveries, count: int | None) -> int:
     return room if count is None else min(room, count - deliveries.acknowledged - in_flight)
 
 
-def run(settings: Settings, topic: str, messages: Iterator[schemas.RideRequest], count: int | None, rate: float,
+def run(settings: Settings, topic: str, records: Iterator[tuple[bytes, bytes]], count: int | None, rate: float,
         seed: int) -> int:
-    """Send messages to `topic` (a common.topics name), keyed by ride_id, until `count` are acknowledged
-    (None: until SIGINT/SIGTERM), at `rate` per second (0: as fast as the broker takes them). The seed the
-    messages were made from is logged at the start and in the summary."""
+    """Send records, (key, value) pairs keyed by ride_id, to `topic` (a common.topics name) until `count` are
+    acknowledged (None: until SIGINT/SIGTERM), at `rate` per second (0: as fast as the broker takes them). The
+    seed the records were made from is logged at the start and in the summary."""
     shutdown = Shutdown.on_signals()
     clients.ensure_topics(settings, shutdown)
     producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "rides"), "producer")
@@ -116,9 +136,7 @@ def run(settings: Settings, topic: str, messages: Iterator[schemas.RideRequest],
                 # Too many in flight (Kafka is slow or away: wait for acks here, where a stop request is heard,
                 # rather than in send(), which blocks for up to a minute once the producer's buffer is full),
                 # or all the messages needed are on their way: wait for their acks (a failure reopens the loop).
-                deliveries.changed.clear()
-                if room_for(deliveries, count) <= 0:
-                    deliveries.changed.wait(0.2)
+                deliveries.wait(0.2)
                 continue
             if rate:
                 # Pace against the start time, not the last send, so that the average rate holds.
@@ -130,9 +148,8 @@ def run(settings: Settings, topic: str, messages: Iterator[schemas.RideRequest],
                 room = min(room, math.floor(elapsed * rate) + 1 - deliveries.requested)  # the rides due by now
             # A burst without the checks above, which cost about as much as a send: a stop request is still
             # heard within BURST sends (a few ms).
-            for message in islice(messages, min(room, BURST)):
-                future = producer.send(topic, key=schemas.ride_key(message.ride_id), value=schemas.encode(message))
-                deliveries.sent(message.ride_id, future)
+            for key, value in islice(records, min(room, BURST)):
+                deliveries.sent(key, producer.send(topic, key=key, value=value))
     finally:
         # Stop producing, then give the messages on their way a chance to be acknowledged, within the
         # 10 s a stop may take (Kafka may be unreachable: then they are abandoned).

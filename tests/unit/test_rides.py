@@ -6,6 +6,8 @@ from datetime import datetime, timezone
 from itertools import islice
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rides
 from common import city, schemas
@@ -86,3 +88,25 @@ def test_bad_flags_exit_2_before_touching_kafka(flags, capsys):
         rides.main(["--bootstrap-servers", "localhost:1", *flags])
     assert e.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def wire(seed: int, n: int) -> list[tuple[bytes, bytes]]:
+    return list(islice(rides.records(seed, clock=lambda: NOW), n))
+
+
+def test_the_records_sent_are_the_rides_keyed_by_their_id_byte_for_byte():
+    # What rides.py sends is serialized from unvalidated fields: every record must be exactly the validated
+    # ride of the same seed, as schemas.encode would write it, and keyed by its ride_id.
+    for seed in range(300):
+        for (key, value), ride in zip(wire(seed, 20), take(seed, 20), strict=True):
+            assert schemas.decode(RideRequest, key, value) == ride
+            assert (key, value) == (schemas.ride_key(ride.ride_id), schemas.encode(ride))
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**64), at=st.datetimes(
+    min_value=datetime(1970, 1, 2), max_value=datetime(9998, 1, 1), timezones=st.just(timezone.utc)))
+def test_every_record_sent_is_a_valid_ride_request(seed, at):
+    for key, value in islice(rides.records(seed, clock=lambda: at), 50):
+        ride = schemas.decode(RideRequest, key, value)  # raises on anything the schema refuses
+        assert ride.requested_at == at
