@@ -105,9 +105,9 @@ def build_ride(rng: random.Random, now: datetime) -> RideRequest:
 
 
 def record(fields: dict) -> tuple[bytes, bytes]:
-    """A ride's (key, value) on the wire: keyed by its ride_id, serialized by pydantic without validating
-    it again (half a ride's cost). The very bytes schemas.encode writes for the validated ride: the unit
-    tests check it, and that they validate, over many seeds."""
+    """A ride's (key, value) on the wire: keyed by its ride_id, its fields serialized by pydantic as drawn,
+    without building a validated RideRequest to dump (15 us a ride, this and ride_fields 9.5). The very bytes
+    schemas.encode writes for build_ride's ride: the unit tests check it, and that they validate."""
     return str(fields["ride_id"]).encode(), pydantic_core.to_json(fields)
 
 
