@@ -17,19 +17,20 @@ disk or the SMTP server (unreachable, 4xx after retries) stops the script withou
 import common.stdlib_email  # noqa: F401  (first: this file's name shadows the stdlib `email` package)
 
 # isort: split
+import logging
 from datetime import timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
 from uuid import UUID
 
 LEDGER_NAME = ".ledger.sqlite3"
+EACH_EMAIL_LOGGED_UP_TO = 100  # a bigger batch (catching up) logs its emails at DEBUG: the progress line counts
 SUMMARY = ("emailed", "resent", "duplicates_skipped", "dead_lettered")  # the summary line's counts
 
 # The email trap, part two: with the project root on sys.path, whatever imports the stdlib's `email` first
 # finds this file and runs it as "email", in the middle of that import. Importing pydantic or common/ then
 # would re-enter the half-imported module that asked for it: they are imported only when this file is itself.
 if __name__ != "email":
-    import logging
     from pathlib import Path
 
     from pydantic import Field
@@ -98,33 +99,33 @@ def render(ride: "schemas.RideConfirmed", sender: str | None = None) -> EmailMes
 class Emails(Store):
     """The loop's store: emails each ride once, the ledger deciding whether it must be emailed at all."""
 
-    script, doing = "email.py", "emailing confirmed rides"
+    script, doing, each = "email.py", "emailing confirmed rides", logging.INFO  # each: an email's log level
 
     def __init__(self, settings: "EmailSettings", sleep) -> None:
         self.transport = mail.transport_for(settings, settings.outbox)  # first: it may refuse to start (Fatal)
         self.ledger = Ledger(settings.ledger_path, settings.group_id)
         self.sender, self.sleep = settings.smtp_from, sleep
-        self.unsaved: dict[UUID, str] = {}  # outbox emails written, not yet marked 'sent' (ride_id -> Message-ID)
-        self.description = (f" through smtp://{settings.smtp_host}:{settings.smtp_port}" if settings.smtp_host
-                            else f" into {settings.outbox}/") + f"; ledger {settings.ledger_path}"
+        self.description = f"{self.transport.where}; ledger {settings.ledger_path}"
+
+    def begin(self, records) -> None:
+        self.ledger.look_up([r.key.decode(errors="replace") for r in records if r.key])  # key: ride_id (decode checks)
+        self.each = logging.INFO if len(records) <= EACH_EMAIL_LOGGED_UP_TO else logging.DEBUG
 
     def apply(self, record, ride: "schemas.RideConfirmed") -> tuple[str, ...]:
-        status = SENT if ride.ride_id in self.unsaved else self.ledger.status(ride.ride_id)
-        if status == SENT:
+        if (status := self.ledger.status(ride.ride_id)) == SENT:
             log.info("%s: ride %s was already emailed: skipped", where(record), ride.ride_id)
             return ("duplicates_skipped",)
         message = schemas.record_step("cannot render the email", render, ride, self.sender)
         if status == SENDING:
             log.warning("%s: ride %s may have been emailed just before a crash: sending it again (same "
                         "Message-ID)", where(record), ride.ride_id)
-        if not self.transport.resend_replaces:  # SMTP: each email marked on its own (the crash window above)
+        if not self.transport.resend_replaces:  # SMTP marks each email, the outbox a batch in save() (crash windows)
             self.ledger.sending(ride.ride_id, message_id(ride.ride_id, self.sender))
         to = mail.deliver_with_retries(self.transport.deliver, message, ride.ride_id, self.sleep)
-        self.unsaved[ride.ride_id] = message_id(ride.ride_id, self.sender)  # the outbox's: 'sent' with the batch
-        if not self.transport.resend_replaces:
-            self.save({})
-        log.info("%s: emailed ride %s to %s (driver %s, ETA %.0f min, fare %.2f %s) -> %s", where(record), ride.ride_id,
-                 ride.customer_email, ride.driver_id, ride.pickup_eta_minutes, ride.fare, ride.currency, to)
+        self.ledger.sent(ride.ride_id, message_id(ride.ride_id, self.sender), self.transport.resend_replaces)
+        log.log(self.each, "%s: emailed ride %s to %s (driver %s, ETA %.0f min, fare %.2f %s) -> %s",
+                where(record), ride.ride_id, ride.customer_email, ride.driver_id, ride.pickup_eta_minutes,
+                ride.fare, ride.currency, to)
         return ("emailed", "resent") if status == SENDING else ("emailed",)
 
     def set_aside(self, record, ride: "schemas.RideConfirmed | None", reason: str) -> None:
@@ -132,8 +133,7 @@ class Emails(Store):
             self.ledger.forget(ride.ride_id)  # so that a replay from the dead-letter topic emails it
 
     def save(self, offsets) -> None:
-        self.ledger.sent_together(self.unsaved)
-        self.unsaved.clear()
+        self.ledger.save_batch()
 
     def close(self) -> None:
         self.transport.close()

@@ -49,6 +49,9 @@ class Store:
     def bind(self, topic: str, topic_id: str, group_id: str) -> None:
         """Called once the source topic exists: a store may refuse another source than the one it has."""
 
+    def begin(self, records: list[ConsumerRecord]) -> None:
+        """A batch's records, before the first is applied (email.py reads their ledger entries at once)."""
+
     def apply(self, record: ConsumerRecord, message: Any) -> tuple[str, ...]:
         """Apply one decoded record; returns the summary keys it counts as. Raises PoisonRecord to set it
         aside (the loop sends the dead letter), Stopped when asked to stop in the middle of it."""
@@ -182,6 +185,7 @@ class Applier:
         the futures of the dead letters sent."""
         sends: list[FutureRecordMetadata] = []
         saved = self.store.resume_from
+        self.store.begin(records)
         for i, record in enumerate(records):
             if self.stop_requested():
                 return i, sends

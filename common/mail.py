@@ -123,7 +123,7 @@ class Outbox:
     resend_replaces = True  # a resend rewrites the same file with the same bytes: never a second email
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
+        self.directory, self.where = directory, f" into {directory}/"
         directory.mkdir(parents=True, exist_ok=True)
 
     def deliver(self, message: EmailMessage, ride_id: UUID) -> str:
@@ -175,6 +175,7 @@ class Smtp:
 
     def __init__(self, settings: SmtpSettings) -> None:
         self.host, self.port = settings.smtp_host or "", settings.smtp_port
+        self.where = f" through smtp://{self.host}:{self.port}"
         self._user = settings.smtp_user
         self._password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
         self._allow_plain_login = settings.smtp_allow_plain_login

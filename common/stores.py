@@ -37,7 +37,7 @@ class Ledger:
     """Which rides were emailed: ride_id -> 'sending' | 'sent', in SQLite, for one consumer group.
 
     Every change is a committed transaction, written before the effect it announces ('sending') or after
-    it ('sent': one email's, or a whole batch's with sent_together()), and always before Kafka's offset
+    it ('sent': one email's, or a whole batch's with save_batch()), and always before Kafka's offset
     commit. Which crash window that leaves is the caller's choice (email.py says it per transport).
 
     The ledger records the group that created it. Instances of that group share it (a ride moved to
@@ -52,6 +52,8 @@ class Ledger:
             raise Fatal(f"cannot open the ledger {path}: {e}") from None
 
     def _open(self, path: Path, group_id: str) -> None:
+        self._known: dict[str, str | None] = {}  # ride_id -> status of the last look_up()'s rides
+        self._unsaved: dict[UUID, str] = {}  # ride_id -> Message-ID of the rides sent with_batch, not yet written
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: autocommit, each statement below is one transaction.
         # timeout: another email.py of the group may hold the write lock for a moment.
@@ -77,30 +79,59 @@ class Ledger:
                             f"ledger would skip or repeat each other's emails; pass another --ledger")
 
     def status(self, ride_id: UUID) -> str | None:
+        if ride_id in self._unsaved:
+            return SENT
+        if (key := str(ride_id)) in self._known:
+            return self._known[key]
         row = self._db.execute("SELECT status FROM emails WHERE ride_id = ?", (str(ride_id),)).fetchone()
         return row[0] if row else None
 
+    def look_up(self, ride_ids: list[str]) -> None:
+        """Read these rides' statuses at once (a batch's: one query, not one per email); status() answers
+        them from memory, kept current by this ledger's own writes, until the next look_up(). Another instance
+        of the group does not write them meanwhile: Kafka moves partitions between batches, not inside one."""
+        known: dict[str, str | None] = dict.fromkeys(ride_ids)
+        for i in range(0, len(ride_ids), 500):  # SQLite's limit of parameters per statement can be as low as 999
+            chunk = ride_ids[i:i + 500]
+            known.update(self._db.execute(
+                f"SELECT ride_id, status FROM emails WHERE ride_id IN ({', '.join('?' * len(chunk))})", chunk))
+        self._known = known
+
+    def _remember(self, ride_id: str, status: str | None) -> None:
+        if ride_id in self._known:
+            self._known[ride_id] = status
+
     def _set(self, ride_id: UUID, msg_id: str, status: str) -> None:
         self._db.execute(_UPSERT, (str(ride_id), msg_id, status, datetime.now(timezone.utc).isoformat()))
+        self._remember(str(ride_id), status)
 
     def sending(self, ride_id: UUID, msg_id: str) -> None:
         self._set(ride_id, msg_id, SENDING)
 
-    def sent(self, ride_id: UUID, msg_id: str) -> None:
-        self._set(ride_id, msg_id, SENT)
+    def sent(self, ride_id: UUID, msg_id: str, with_batch: bool = False) -> None:
+        """Mark a ride 'sent' now, or with_batch: with the batch's others when save_batch() writes them all in
+        one transaction (status() answers 'sent' meanwhile)."""
+        if with_batch:
+            self._unsaved[ride_id] = msg_id
+        else:
+            self._set(ride_id, msg_id, SENT)
 
-    def sent_together(self, emails: dict[UUID, str]) -> None:
-        """Mark these rides (ride_id -> Message-ID) 'sent' in one transaction: all of them, or none."""
-        if not emails:
+    def save_batch(self) -> None:
+        """Write the rides marked 'sent' with_batch in one transaction: all of them, or none."""
+        if not self._unsaved:
             return
         now = datetime.now(timezone.utc).isoformat()
         with self._db:  # commits the transaction begun below, or rolls it back
             self._db.execute("BEGIN")
-            self._db.executemany(_UPSERT, [(str(ride_id), msg_id, SENT, now) for ride_id, msg_id in emails.items()])
+            self._db.executemany(_UPSERT, [(str(r), msg_id, SENT, now) for r, msg_id in self._unsaved.items()])
+        for ride_id in self._unsaved:
+            self._remember(str(ride_id), SENT)
+        self._unsaved.clear()
 
     def forget(self, ride_id: UUID) -> None:
         """For a ride set aside in the dead-letter topic: a replay from there must email it."""
         self._db.execute("DELETE FROM emails WHERE ride_id = ?", (str(ride_id),))
+        self._remember(str(ride_id), None)
 
     def close(self) -> None:
         self._db.close()

@@ -116,6 +116,16 @@ def test_records_already_in_the_stores_saved_state_are_skipped():
     assert calls == [("apply", 2), ("apply", 3)]
 
 
+def test_the_store_sees_the_whole_batch_before_its_first_record_is_applied():
+    class BatchStore(RecordingStore):  # email.py looks a batch's rides up in its ledger at once, not per email
+        def begin(self, records):
+            self.calls.append(("begin", [r.offset for r in records]))
+
+    calls = Calls()
+    applier(calls, BatchStore(calls)).apply([good(0), good(1)])
+    assert calls == [("begin", [0, 1]), ("apply", 0), ("apply", 1)]
+
+
 def test_a_batch_is_committed_in_order_dead_letters_stored_then_the_store_saved_then_the_offsets():
     calls = Calls()
     store = RecordingStore(calls, resume_from={})

@@ -3,6 +3,7 @@
 import contextlib
 import email.policy
 import importlib.util
+import logging
 import smtplib
 import socketserver
 import sys
@@ -228,6 +229,22 @@ def test_read_ledger_lists_every_ride_and_its_status(tmp_path):
     assert stores.read_ledger(tmp_path / "l.sqlite3") == {str(a): stores.SENDING, str(b): stores.SENT}
 
 
+def test_the_ledger_answers_the_status_of_many_rides_at_once(tmp_path):
+    ledger = stores.Ledger(tmp_path / "l.sqlite3", "email")
+    a, b, unknown = uuid4(), uuid4(), [str(uuid4()) for _ in range(1200)]  # more than one query's parameters
+    ledger.sending(a, "<a>")
+    ledger.sent(b, "<b>")
+    ledger.look_up([*unknown, str(a), "not a ride id", str(b)])
+    statements: list[str] = []
+    ledger._db.set_trace_callback(statements.append)
+    assert [ledger.status(a), ledger.status(b), ledger.status(UUID(unknown[-1]))] == [stores.SENDING, stores.SENT, None]
+    assert not statements  # answered from the look-up
+    ledger.sent(a, "<a>")  # its own writes keep the answers current
+    ledger.forget(b)
+    assert [ledger.status(a), ledger.status(b)] == [stores.SENT, None]
+    ledger.close()
+
+
 # ------------------------------------------------------------------------------- mailer: the guarantee
 
 
@@ -308,6 +325,33 @@ def test_the_outbox_marks_a_batch_sent_in_one_ledger_transaction_when_the_batch_
     assert writes == ["BEGIN"] + ["INSERT"] * 20 + ["COMMIT"]
     assert stores.read_ledger(tmp_path / "outbox" / em.LEDGER_NAME) == {str(r.ride_id): stores.SENT for r in rides}
     assert len(emails_in(tmp_path / "outbox")) == 20 and mailer.tally["duplicates_skipped"] == 1
+
+
+def test_a_batch_looks_its_rides_up_in_the_ledger_with_one_query_not_one_per_email(mailer):
+    rides = [ride(uuid4()) for _ in range(20)]
+    mailer.handle(record_of(rides[0]))  # emailed in an earlier batch
+    statements: list[str] = []
+    mailer.ledger._db.set_trace_callback(statements.append)
+    mailer.applier.apply([record_of(r, offset=i) for i, r in enumerate(rides)] + [record_of(rides[1], offset=20)])
+    assert len([s for s in statements if s.startswith("SELECT")]) == 1
+    assert (mailer.tally["emailed"], mailer.tally["duplicates_skipped"]) == (20, 2)  # rides[0] before, rides[1] twice
+    assert mailer.transport.deliveries == [r.ride_id for r in rides]
+
+
+def test_a_small_batch_logs_each_email_at_info_a_big_one_at_debug(mailer, caplog):
+    caplog.set_level(logging.INFO)
+    mailer.applier.apply([record_of(ride(uuid4()), offset=i) for i in range(3)])  # a few rides/s: each shown
+    mailer.store.save({})
+    assert len([m for m in caplog.messages if "emailed ride" in m]) == 3
+    caplog.clear()
+    big = em.EACH_EMAIL_LOGGED_UP_TO + 1  # catching up: a line per email would cost a tenth of the time
+    mailer.applier.apply([record_of(ride(uuid4()), offset=i) for i in range(big)])
+    mailer.store.save({})
+    assert not [m for m in caplog.messages if "emailed ride" in m]  # the progress line counts them
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    mailer.applier.apply([record_of(ride(uuid4()), offset=i) for i in range(big)])
+    assert len([m for m in caplog.messages if "emailed ride" in m]) == big
 
 
 def test_crash_window_outbox_a_batch_not_saved_is_written_again_into_the_same_files(mailer, tmp_path):
