@@ -185,6 +185,13 @@ def test_write_atomically_replaces_the_file_and_leaves_no_temporary_files(tmp_pa
     assert path.stat().st_mode & 0o777 == 0o600  # an email is personal data: its owner's alone
 
 
+def test_write_atomically_writes_everything_when_the_system_takes_a_little_at_a_time(tmp_path, monkeypatch):
+    real_write = mail.os.write
+    monkeypatch.setattr(mail.os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
+    mail.write_atomically(tmp_path / "a.eml", b"0123456789" * 50)
+    assert (tmp_path / "a.eml").read_bytes() == b"0123456789" * 50
+
+
 def test_a_failed_write_keeps_the_old_file_whole_and_cleans_up(tmp_path):
     path = tmp_path / "a.eml"
     mail.write_atomically(path, b"first")
