@@ -3,7 +3,7 @@ the scripts' own client settings (common.clients), so that a script's figure ove
 of what the project adds (validation, rendering, ledgers, dead letters), not of Kafka or of kafka-python.
 
 Every loop is timed like the raw consumer: from its first non-empty poll to the N-th record done (read,
-or produced and committed), the first batch's records left out of the numerator (pipeline.rate_between).
+or produced and committed), the first batch's records left out of the numerator (report.rate_between).
 """
 
 from __future__ import annotations
