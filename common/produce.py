@@ -115,8 +115,9 @@ def run(settings: Settings, topic: str, records: Iterator[tuple[bytes, bytes]], 
     seed the records were made from is logged at the start and in the summary."""
     shutdown = Shutdown.on_signals()
     clients.ensure_topics(settings, shutdown)
-    producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "rides"), "producer")
     topic = settings.topic(topic)
+    producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "rides", writes_to=[topic]),
+                               "producer")
     log.info("producing rides to %s: count=%s rate=%s seed=%d", topic, count or "unlimited",
              f"{rate:g}/s" if rate else "max", seed)
     deliveries = Deliveries()
