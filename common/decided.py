@@ -19,17 +19,33 @@ This module is pure (no Kafka): the changelog record format and the bookkeeping,
 from __future__ import annotations
 
 import json
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 from uuid import UUID
-
-from kafka.partitioner.default import murmur2
 
 CHANGELOG_VERSION = 1
 
 
 class BadChangelogRecord(ValueError):
     """A changelog record this version cannot read: it is skipped, with a warning."""
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's Utils.murmur2), the same as kafka-python's at about a third of its
+    cost: 4-byte words unpacked at once instead of byte by byte, fewer masks."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    length = len(data)
+    h = 0x9747B28C ^ length
+    for k in struct.unpack_from(f"<{length >> 2}I", data):
+        k = (k * m) & mask
+        k = ((k ^ (k >> 24)) * m) & mask
+        h = ((h * m) & mask) ^ k
+    if tail := length & 3:  # the last 1-3 bytes, little-endian
+        h = ((h ^ int.from_bytes(data[length - tail:], "little")) * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    return h ^ (h >> 15)
 
 
 def home_partition(key: bytes, partitions: int) -> int:
