@@ -4,17 +4,18 @@ import random
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from itertools import islice
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 import rides
 import transaction
 from common import city, schemas
 from common.schemas import Place, RideConfirmed, RideRejected, RideRequest
-from tests.unit.strategies import ride_requests
+from tests.unit.strategies import aware_datetimes, emails, identifiers, names, ride_requests
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 TIMES_SQUARE = Place(lat=40.7580, lon=-73.9855, zone="Midtown West")
@@ -33,8 +34,9 @@ def request(pickup=TIMES_SQUARE, dropoff=WALL_STREET, passengers=1, ride_id=None
 
 def test_the_driver_is_from_the_pool_and_the_same_for_the_same_ride():
     ride_id = uuid.uuid4()
-    assert transaction.assign_driver(ride_id) in transaction.DRIVERS
-    assert transaction.assign_driver(ride_id) == transaction.assign_driver(uuid.UUID(str(ride_id)))
+    driver = transaction.assign_driver(transaction.ride_hash(ride_id))
+    assert driver in transaction.DRIVERS
+    assert driver == transaction.assign_driver(transaction.ride_hash(uuid.UUID(str(ride_id))))
 
 
 @pytest.mark.parametrize("ids", ["random", "sequential"])
@@ -43,7 +45,7 @@ def test_rides_spread_evenly_over_the_drivers(ids):
     n = 200 * len(transaction.DRIVERS)
     ride_ids = (uuid.UUID(int=rng.getrandbits(128), version=4) if ids == "random" else uuid.UUID(int=i)
                 for i in range(n))
-    counts = Counter(transaction.assign_driver(r) for r in ride_ids)
+    counts = Counter(transaction.assign_driver(transaction.ride_hash(r)) for r in ride_ids)
     expected = n / len(transaction.DRIVERS)
     assert set(counts) == set(transaction.DRIVERS)  # every driver works
     # 200 rides each on average; the binomial spread is about 14, so +-30 % is far out in the tail.
@@ -55,7 +57,7 @@ def test_rides_spread_evenly_over_the_drivers(ids):
 def test_the_driver_is_near_the_pickup():
     for i in range(2000):
         ride_id = uuid.UUID(int=random.Random(i).getrandbits(128), version=4)
-        lat, lon = transaction.driver_position(ride_id, TIMES_SQUARE)
+        lat, lon = transaction.driver_position(transaction.ride_hash(ride_id), TIMES_SQUARE)
         assert city.distance_km(lat, lon, TIMES_SQUARE.lat, TIMES_SQUARE.lon) <= transaction.DRIVER_MAX_KM + 0.01
 
 
@@ -83,6 +85,27 @@ def test_fare_is_base_plus_distance_plus_time_in_cents():
     assert transaction.fare(5) < transaction.fare(6)
 
 
+def decimal_fare(trip_km: float) -> Decimal:
+    # The tariff in Decimal arithmetic, as first written: transaction.fare must give exactly this.
+    km = Decimal(str(round(trip_km, 3)))
+    minutes = Decimal(str(round(city.travel_minutes(trip_km), 2)))
+    total = transaction.BASE_FARE + transaction.PER_KM * km + transaction.PER_MINUTE * minutes
+    return total.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+@given(st.floats(0, 500) | st.integers(0, 500_000).map(lambda m: m / 1000))
+def test_fare_is_the_decimal_tariff(km):
+    f = transaction.fare(km)
+    assert (f, f.as_tuple()) == (decimal_fare(km), decimal_fare(km).as_tuple())
+    assert str(f) == str(decimal_fare(km))
+
+
+def test_fare_is_the_decimal_tariff_over_many_distances():
+    rng = random.Random(5)
+    for km in [n / 1000 for n in range(30_000)] + [rng.uniform(0, 500) for _ in range(30_000)]:
+        assert str(transaction.fare(km)) == str(decimal_fare(km)), km
+
+
 # ---------------------------------------------------------------------------------- confirm, reject
 
 
@@ -92,11 +115,11 @@ def test_confirm_keeps_the_request_and_adds_driver_eta_and_fare():
     assert isinstance(c, RideConfirmed)
     assert (c.ride_id, c.customer_id, c.customer_email, c.pickup, c.dropoff, c.passengers, c.requested_at) == \
         (req.ride_id, req.customer_id, req.customer_email, req.pickup, req.dropoff, req.passengers, req.requested_at)
-    assert c.driver_id == transaction.assign_driver(req.ride_id)
+    assert c.driver_id == transaction.assign_driver(transaction.ride_hash(req.ride_id))
     assert c.distance_km == pytest.approx(city.distance_km(40.7580, -73.9855, 40.7069, -74.0113), abs=0.001)
     assert c.fare == transaction.fare(c.distance_km)
     assert c.currency == "USD" and c.confirmed_at == NOW
-    driver = transaction.driver_position(req.ride_id, req.pickup)
+    driver = transaction.driver_position(transaction.ride_hash(req.ride_id), req.pickup)
     to_pickup = city.distance_km(*driver, req.pickup.lat, req.pickup.lon)
     assert c.pickup_eta_minutes == transaction.pickup_eta_minutes(to_pickup)
     # What goes on the wire reads back the same.
@@ -141,8 +164,33 @@ def test_rides_from_rides_py_are_rejected_exactly_when_they_leave_the_service_ar
 def test_every_valid_request_gets_a_valid_outcome(req):
     # Whatever a producer sends that passes validation, the outcome is itself a valid message.
     outcome = transaction.decide(req, NOW)
-    model = type(outcome)
-    assert schemas.decode(model, schemas.ride_key(req.ride_id), schemas.encode(outcome)) == outcome
+    assert_valid(outcome)
+
+
+def assert_valid(outcome):
+    # Outcomes are built without validating them again: what goes on the wire must validate, read back
+    # equal, and be written again to the same bytes.
+    value = schemas.encode(outcome)
+    validated = schemas.decode(type(outcome), schemas.ride_key(outcome.ride_id), value)
+    assert validated == outcome
+    assert schemas.encode(validated) == value
+
+
+# Anywhere in the service area, with seats for them: requests that are confirmed (or too short a trip).
+servable_places = st.builds(
+    Place, lat=st.floats(city.SERVICE_AREA.south, city.SERVICE_AREA.north),
+    lon=st.floats(city.SERVICE_AREA.west, city.SERVICE_AREA.east), zone=st.text(min_size=1, max_size=64))
+servable_requests = st.builds(
+    RideRequest, ride_id=st.uuids(), customer_id=identifiers, customer_email=emails, customer_name=names,
+    pickup=servable_places, dropoff=servable_places, passengers=st.integers(1, transaction.MAX_PASSENGERS),
+    requested_at=aware_datetimes)
+
+
+@given(servable_requests, aware_datetimes)
+def test_every_servable_request_gets_a_valid_confirmation(req, now):
+    outcome = transaction.decide(req, now)
+    assert isinstance(outcome, RideConfirmed) or outcome.reason == "pickup and drop-off are the same place"
+    assert_valid(outcome)
 
 
 # ----------------------------------------------------------------------------------------- plumbing
