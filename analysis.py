@@ -20,11 +20,11 @@ from pydantic import Field
 
 from common import apply, cli, schemas, topics
 from common.settings import ConsumerSettings, GroupId
-from common.stats import Stats, Totals
+from common.stats import Stats, Totals, minute_key
 
 
 def minute_of(ride: schemas.RideConfirmed) -> str:
-    return _minute(ride.confirmed_at)
+    return minute_key(ride.confirmed_at)
 
 
 def fold(stats: Stats, ride: schemas.RideConfirmed) -> Stats:
@@ -33,7 +33,10 @@ def fold(stats: Stats, ride: schemas.RideConfirmed) -> Stats:
     # The schema allows two decimal places for fares: cents are exact.
     eta_milli, fare_cents, minute = round(ride.pickup_eta_minutes * 1000), int(ride.fare * 100), minute_of(ride)
     stats.all.add(eta_milli, fare_cents)
-    stats.zones.setdefault(ride.pickup.zone, Totals()).add(eta_milli, fare_cents)
+    zone = stats.zones.get(ride.pickup.zone)
+    if zone is None:
+        zone = stats.zones[ride.pickup.zone] = Totals()
+    zone.add(eta_milli, fare_cents)
     stats.minutes[minute] = stats.minutes.get(minute, 0) + 1
     stats.currencies[ride.currency] = stats.currencies.get(ride.currency, 0) + 1
     return stats
@@ -47,16 +50,12 @@ RETAINED_MINUTES = 1440
 CLOCK_SKEW_MINUTES = 5
 
 
-def _minute(at: datetime) -> str:
-    return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
-
-
 def prune(stats: Stats, now: datetime, keep: int = RETAINED_MINUTES) -> Stats:
     """Keep only the per-minute buckets of the `keep` minutes up to `now` (plus CLOCK_SKEW_MINUTES ahead),
     in place; called once per batch, before saving. The window follows the clock, never the data: one
     confirmation stamped 9999-12-31 must not push every real minute out of it. Totals are never pruned."""
-    oldest = _minute(now - timedelta(minutes=keep - 1))
-    newest = _minute(now + timedelta(minutes=CLOCK_SKEW_MINUTES))
+    oldest = minute_key(now - timedelta(minutes=keep - 1))
+    newest = minute_key(now + timedelta(minutes=CLOCK_SKEW_MINUTES))
     stats.minutes = {m: n for m, n in stats.minutes.items() if oldest <= m <= newest}
     return stats
 
@@ -87,7 +86,7 @@ def render(stats: Stats, now: datetime, minutes: int = 5, zones: int = 8) -> str
         if len(busiest) > zones:
             lines.append(f"  ... and {len(busiest) - zones} more zones")
     if stats.all.rides:
-        windows = [_minute(now - timedelta(minutes=i)) for i in reversed(range(minutes))]
+        windows = [minute_key(now - timedelta(minutes=i)) for i in reversed(range(minutes))]
         lines.append("  rides per minute (UTC): " + "  ".join(f"{w[-5:]} {stats.minutes.get(w, 0)}" for w in windows))
     return "\n".join(lines)
 
