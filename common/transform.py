@@ -110,10 +110,15 @@ class TransformLoop:
     # ----------------------------------------------------------------------------------- the producer
 
     def _connect_producer(self) -> KafkaProducer:
+        # What a batch may write to: the pipeline's topics (outputs, dead letters) and the decided rides' changelog.
+        names = [*topics.PARTITIONS, *([topics.decided_topic(self.settings.group_id)] if self.fingerprint else [])]
+        writes_to = [self.settings.topic(name) for name in names]
+
         def make() -> KafkaProducer:
             if not self.exactly_once:
-                return clients.producer(self.settings, self.client_id)
-            producer = clients.producer(self.settings, self.client_id, transactional_id=self.settings.transactional_id)
+                return clients.producer(self.settings, self.client_id, writes_to=writes_to)
+            producer = clients.producer(self.settings, self.client_id, transactional_id=self.settings.transactional_id,
+                                        writes_to=writes_to)
             try:
                 # Fences an earlier producer with this transactional.id (a crashed run of this instance)
                 # and aborts the transaction it left open, so its half-done batch is never seen.
