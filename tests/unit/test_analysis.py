@@ -1,8 +1,6 @@
 """analysis.py without a broker: folding statistics, the table, the saved state and how it resumes."""
 
-import json
 import random
-import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from uuid import uuid4
@@ -83,28 +81,6 @@ def test_statistics_survive_a_json_round_trip(rides):
     stats = fold_all(rides)
     stats.dead_lettered = 3
     assert analysis.Stats.from_json(stats.to_json()) == stats
-
-
-def cpu_seconds(step, rounds: int = 2000, repeat: int = 5) -> float:
-    """The least CPU time of `repeat` runs of `rounds` calls: the least disturbed by whatever else runs."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.process_time()
-        for _ in range(rounds):
-            step()
-        best = min(best, time.process_time() - start)
-    return best
-
-
-def test_folding_a_ride_costs_less_than_half_of_json_decoding_it():
-    # analysis.py's figure is its catch-up rate over a raw consumer that json-decodes every record (issue 9):
-    # counting a ride must stay cheap beside the decoding any consumer does (strftime alone cost 2 us).
-    rides = [ride(zone, eta=5.5, fare="23.40", at=T0 + timedelta(seconds=7 * i)) for i, zone in
-             enumerate(["Mitte", "Pankow", "Kreuzberg"] * 100)]
-    value, stats, rides_again = schemas.encode(rides[0]), analysis.Stats(), iter(rides * 10_000)
-    folding = cpu_seconds(lambda: analysis.fold(stats, next(rides_again)))
-    decoding = cpu_seconds(lambda: json.loads(value))
-    assert folding < decoding / 2, f"fold {folding / 2000 * 1e6:.2f} us, json.loads {decoding / 2000 * 1e6:.2f} us"
 
 
 # ------------------------------------------------------------------------------------------- the table

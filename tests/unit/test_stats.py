@@ -1,7 +1,6 @@
 """common.stats without a broker: the per-minute keys of the statistics."""
 
 import json
-import timeit
 from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 
@@ -62,12 +61,3 @@ def test_the_state_is_saved_as_the_json_of_its_fields_as_ever(zones, minutes, de
     assert stats.to_json() == json.dumps(asdict(stats), sort_keys=True)
     assert Stats.from_json(stats.to_json()) == stats
     assert a_day_of_statistics().to_json() == json.dumps(asdict(a_day_of_statistics()), sort_keys=True)
-
-
-def test_saving_a_day_of_statistics_costs_about_what_json_dumps_of_them_does():
-    # Saved with every batch (analysis.py): once a day of minutes is kept, each save writes 1,440 of them.
-    stats = a_day_of_statistics()
-    plain = asdict(stats)
-    saving = min(timeit.repeat(stats.to_json, number=20, repeat=5))
-    dumping = min(timeit.repeat(lambda: json.dumps(plain, sort_keys=True), number=20, repeat=5))
-    assert saving < 2 * dumping, f"to_json {saving / 20 * 1e3:.2f} ms, json.dumps {dumping / 20 * 1e3:.2f} ms"
