@@ -81,10 +81,10 @@ def decode(model: type[M], record: ConsumerRecord) -> M:
 
 def next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:
     """The offsets to commit once every record of the batch is done: the next one to read, per partition."""
-    offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+    last: dict[tuple[str, int], int] = {}  # each partition's last record: records are in offset order within one
     for r in records:
-        offsets[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(r.offset + 1, "", -1)
-    return offsets
+        last[r.topic, r.partition] = r.offset
+    return {TopicPartition(*tp): OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last.items()}
 
 
 def rewind(consumer: KafkaConsumer) -> None:

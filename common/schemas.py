@@ -49,6 +49,8 @@ def _utc_in_range(value: datetime) -> datetime:
     # does to display or bucket it) raises OverflowError. Before the Unix epoch a timestamp is a mistake,
     # not a ride (and a year before 1000 breaks "%Y" round trips: strftime does not pad it to four
     # digits, strptime wants four). Refuse both here, as invalid input.
+    if 1970 < value.year < 9999:  # an offset (under a day) takes neither bound within reach: 0.1 us, not 0.5
+        return value
     try:
         utc = value.astimezone(timezone.utc)
     except OverflowError:
