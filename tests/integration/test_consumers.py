@@ -159,7 +159,6 @@ def test_fan_out_both_groups_get_every_confirmed_ride(run):
     summary = parse_summary(analyser.log())
     assert summary["total"] == 300 and summary["zones"] == len({r.pickup.zone for r in rides})
     assert "confirmed rides: 300" in analyser.stdout()
-    assert len(email.log().splitlines()) >= 300  # one log line per email
 
 
 def test_email_is_idempotent_across_a_replay_and_the_crash_window(run):
