@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 from kafka import KafkaProducer
@@ -156,9 +157,12 @@ class TransformLoop:
 
     # ----------------------------------------------------------------------------------- one batch
 
-    def outputs(self, records: list[ConsumerRecord], now: datetime) -> list:
-        """Send the outputs of every record (or set it aside); returns the sends' futures."""
-        futures = []
+    def outputs(self, records: list[ConsumerRecord], now: datetime) -> list[Callable[[], Any]]:
+        """The sends of every record's outputs (or of its dead letter), made but not started: the caller
+        starts them together, with the changelog's, in one go. Sent while the records were processed, the
+        producer's I/O thread would add the partitions they go to the transaction in several round trips
+        (one each time it ran between two sends), not one: about 10 ms a transaction."""
+        sends: list[Callable[[], Any]] = []
         partitions = len(self.consumer.partitions_for_topic(self.source) or ())
         counts: dict[str, int] = {}  # the output topics' partition counts, looked up once a batch
         for record in records:
@@ -169,7 +173,7 @@ class TransformLoop:
                     continue
                 outs = record_step(self.step, self.transform, message, now)
             except PoisonRecord as e:
-                futures.append(self.dead_letters.send(record, str(e)))
+                sends.append(partial(self.dead_letters.send, record, str(e)))
                 self.pending["dead_lettered"] += 1
                 continue
             if fingerprint:
@@ -179,10 +183,10 @@ class TransformLoop:
                     log.info("%s: ride %s %s", where(record), message.ride_id, out.note)
                 topic = self.settings.topic(out.topic)
                 # record.key is the ride_id's key (consume.decode checked it).
-                futures.append(self.producer.send(topic, key=record.key, value=schemas.encode(out.message),
-                                                  partition=self._home(topic, record, fingerprint, partitions, counts)))
+                sends.append(partial(self.producer.send, topic, key=record.key, value=schemas.encode(out.message),
+                                     partition=self._home(topic, record, fingerprint, partitions, counts)))
                 self.pending[out.counted_as] += 1
-        return futures
+        return sends
 
     def _home(self, topic: str, record: ConsumerRecord, fingerprint: str | None, partitions: int,
               counts: dict[str, int]) -> int | None:
@@ -243,7 +247,8 @@ class TransformLoop:
             self.producer.begin_transaction()
             self.in_transaction = True
             # The batch's decisions join its outputs, in the same transaction: remembered if and only if made.
-            futures = self.outputs(records, now) + self._changelog()
+            sends = self.outputs(records, now)
+            futures = [send() for send in sends] + self._changelog()
             # commit_transaction() would send these too, but only a flush says which send failed.
             self._await_delivery(futures)
             # The offsets are committed with the outputs, or not at all: never one without the other.
@@ -252,7 +257,7 @@ class TransformLoop:
             self.producer.commit_transaction()
             self.in_transaction = False
         else:
-            self._await_delivery(self.outputs(records, now))  # outputs first ...
+            self._await_delivery([send() for send in self.outputs(records, now)])  # outputs first ...
             # ... then the decisions (a crash before them repeats outputs, never loses one) ...
             self._await_delivery(self._changelog())
             consume.commit(self.consumer, records)  # ... then the offsets: at-least-once
