@@ -91,8 +91,9 @@ def test_a_confirmation_from_the_far_future_erases_no_real_minute(run):
     per_minute = analyser.stdout().strip().splitlines()[-1]
     assert per_minute.startswith("  rides per minute (UTC): ")
     shown = dict(pair.split() for pair in per_minute.split(": ", 1)[1].split("  "))
+    # The hostile ride (23:59 of the year 9999) is not among them: it would add one. (Its "23:59" may be
+    # shown all the same, as a real minute, when the test runs just after midnight.)
     assert sum(int(n) for n in shown.values()) == 30
-    assert "23:59" not in shown
 
 
 def test_a_state_is_never_merged_with_another_topic_or_group(run):
