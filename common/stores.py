@@ -83,7 +83,7 @@ class Ledger:
             return SENT
         if (key := str(ride_id)) in self._known:
             return self._known[key]
-        row = self._db.execute("SELECT status FROM emails WHERE ride_id = ?", (str(ride_id),)).fetchone()
+        row = self._db.execute("SELECT status FROM emails WHERE ride_id = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def look_up(self, ride_ids: list[str]) -> None:
