@@ -107,8 +107,8 @@ def _raw_loops(raw, bootstrap: str, run_id: str, requests: str, confirmed: str, 
     scripts_consumer = "common.clients.consumer (group, read_committed, 500 a poll)"
     return [
         Figure(RAW_JSON, json_rate, None, f"{scripts_consumer}: poll + json.loads, over the confirmed rides"),
-        Figure(RAW_ALO, alo_rate, None, f"{scripts_consumer} + producer: json in, small json out; per batch "
-                                        "flush, then commit"),
+        Figure(RAW_ALO, alo_rate, None, f"{scripts_consumer} + producer: json in, a confirmation's size of json "
+                                        "out; per batch flush, then commit"),
         Figure(RAW_EOS, eos_rate, None, "the same in one transaction per batch (send_offsets_to_transaction)"),
         Figure(RAW_FILES, files_rate, None, f"{scripts_consumer}: json-decode, one small file per record "
                                             "(email.py's write: aside, then rename), commit per batch"),
