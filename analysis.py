@@ -140,7 +140,8 @@ class AnalysisSettings(ConsumerSettings):
 def main(argv: list[str] | None = None) -> int:
     settings = cli.load(AnalysisSettings, argv, __doc__)
     return apply.run(settings, topics.RIDE_CONFIRMED, schemas.RideConfirmed, lambda _: Analysis(settings),
-                     summary=lambda _tally, store: summary(store.state), every=settings.every)
+                     summary=lambda _tally, store: summary(store.state), every=settings.every,
+                     stage="analysed", outcomes={"analysed": "analysed", "dead_lettered": "dead_lettered"})
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ from uuid import UUID
 LEDGER_NAME = ".ledger.sqlite3"
 EACH_EMAIL_LOGGED_UP_TO = 100  # a bigger batch (catching up) logs its emails at DEBUG: the progress line counts
 SUMMARY = ("emailed", "resent", "duplicates_skipped", "dead_lettered")  # the summary line's counts
+# rides_processed_total's outcome for each of them (common.metrics)
+OUTCOMES = {"emailed": "emailed", "resent": "resent", "duplicates_skipped": "duplicate",
+            "dead_lettered": "dead_lettered"}
 
 # The email trap, part two: with the project root on sys.path, whatever imports the stdlib's `email` first
 # finds this file and runs it as "email", in the middle of that import. Importing pydantic or common/ then
@@ -121,7 +124,8 @@ class Emails(Store):
                         "Message-ID)", where(record), ride.ride_id)
         if not self.transport.resend_replaces:  # SMTP marks each email, the outbox a batch in save() (crash windows)
             self.ledger.sending(ride.ride_id, message_id(ride.ride_id, self.sender))
-        to = mail.deliver_with_retries(self.transport.deliver, message, ride.ride_id, self.sleep)
+        smtp_metric = self.watch.delivery if self.watch and not self.transport.resend_replaces else None
+        to = mail.deliver_with_retries(self.transport.deliver, message, ride.ride_id, self.sleep, tell=smtp_metric)
         self.ledger.sent(ride.ride_id, message_id(ride.ride_id, self.sender), self.transport.resend_replaces)
         log.log(self.each, "%s: emailed ride %s to %s (driver %s, ETA %.0f min, fare %.2f %s) -> %s",
                 where(record), ride.ride_id, ride.customer_email, ride.driver_id, ride.pickup_eta_minutes,
@@ -143,7 +147,8 @@ class Emails(Store):
 def main(argv: list[str] | None = None) -> int:
     settings = cli.load(EmailSettings, argv, __doc__)
     return apply.run(settings, topics.RIDE_CONFIRMED, schemas.RideConfirmed, lambda s: Emails(settings, s.sleep),
-                     summary=lambda tally, _store: tally.line(*SUMMARY), progress=SUMMARY)
+                     summary=lambda tally, _store: tally.line(*SUMMARY), progress=SUMMARY, stage="emailed",
+                     outcomes=OUTCOMES)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from common import city, cli, produce, topics
 from common.schemas import SCHEMA_VERSION, RideRequest
-from common.settings import Settings
+from common.settings import ServiceSettings
 
 CUSTOMERS = 5000  # the size of the customer pool: repeat customers, as in a real city
 # About 2 % of requests ask for a pickup or drop-off outside the service area, so that
@@ -128,7 +128,7 @@ def records(seed: int, clock=lambda: datetime.now(timezone.utc)) -> Iterator[tup
 # ------------------------------------------------------------------------------------ the script
 
 
-class RidesSettings(Settings):
+class RidesSettings(ServiceSettings):
     count: Annotated[int | None, Field(ge=1, json_schema_extra={"metavar": "N"},
                                        description="stop once N rides are acknowledged by the broker "
                                                    "(default: until stopped)")] = None

@@ -29,6 +29,7 @@ from kafka.structs import TopicPartition
 from common import clients, consume, loop, stores, topics
 from common.dead_letters import DeadLetters, stop_if_undelivered
 from common.errors import Fatal, PoisonRecord, Stopped
+from common.metrics import Watch
 from common.schemas import Message, record_step
 from common.settings import ConsumerSettings
 from common.shutdown import Shutdown
@@ -45,6 +46,7 @@ class Store:
     script = "the script"  # for messages: "email.py"
     doing = "applying"     # the start-up line: "<doing> from <topic> (group <group>)<description>"
     description = ""
+    watch: Watch | None = None  # the script's metrics, with --metrics-port (set by run(), before the first batch)
 
     def bind(self, topic: str, topic_id: str, group_id: str) -> None:
         """Called once the source topic exists: a store may refuse another source than the one it has."""
@@ -71,6 +73,9 @@ class Store:
 
     def report(self) -> None:
         """After a run, once closed: what the script shows at the end (analysis.py's last table)."""
+
+
+FOLDED = ("analysed",)  # what a folded record counts as
 
 
 class Folded(Store):
@@ -107,7 +112,7 @@ class Folded(Store):
 
     def apply(self, record: ConsumerRecord, message: Any) -> tuple[str, ...]:
         record_step(self.what, self.fold, self.state, message)
-        return ()
+        return FOLDED
 
     def save(self, offsets: dict[TopicPartition, int]) -> None:
         self.file.save(self.state.to_json(), offsets)
@@ -164,17 +169,22 @@ class Applier:
     anything else the store raises is the infrastructure's, and stops the loop before the commit."""
 
     def __init__(self, model: type[Message], store: Store, dead_letters: DeadLetters,
-                 stop_requested: Callable[[], bool]) -> None:
+                 stop_requested: Callable[[], bool], stage: str | None = None) -> None:
         self.model, self.store, self.dead_letters, self.stop_requested = model, store, dead_letters, stop_requested
         self.tally = loop.Tally()
+        # With metrics: the requested_at of each record counted as `stage`, for its end-to-end latency.
+        self.stage = stage
+        self.requested: list[Any] = []
 
     def handle(self, record: ConsumerRecord) -> FutureRecordMetadata | None:
         """Apply one record; the future of its dead letter if it was set aside."""
         message = None
         try:
             message = record_step("cannot decode", consume.decode, self.model, record)
-            if counts := self.store.apply(record, message):  # analysis.py counts nothing: no update per ride
+            if counts := self.store.apply(record, message):
                 self.tally.update(counts)
+                if self.stage in counts:
+                    self.requested.append(message.requested_at)
             return None
         except PoisonRecord as e:
             self.store.set_aside(record, message, str(e))
@@ -206,11 +216,12 @@ class ApplyLoop:
     """The Kafka side of consume-and-apply: one batch in, applied to the store, then committed."""
 
     def __init__(self, settings: ConsumerSettings, shutdown: Shutdown, source: str, model: type[Message],
-                 store: Store) -> None:
+                 store: Store, stage: str | None = None) -> None:
         self.store = store
         self.producer = clients.connect(settings, shutdown, lambda: clients.producer(
             settings, f"{settings.group_id}-dead-letters"), "dead-letter producer")
-        self.applier = Applier(model, store, DeadLetters(self.producer, settings.group_id), lambda: shutdown.requested)
+        self.applier = Applier(model, store, DeadLetters(self.producer, settings.group_id), lambda: shutdown.requested,
+                               stage=stage if store.watch else None)
         self.tally = self.applier.tally
         listener = consume.LogAssignment() if store.resume_from is None else ResumeFromStore(store.resume_from)
         try:
@@ -227,6 +238,12 @@ class ApplyLoop:
             return
         done, sends = self.applier.apply(records)
         commit_in_order(self.producer, sends, self.store, self.consumer, records[:done])
+        letters = self.applier.dead_letters.committed()
+        if self.store.watch is not None and self.applier.stage is not None:  # the batch is saved and committed
+            self.store.watch.done(self.applier.stage, self.applier.requested)
+            for topic, reason in letters:
+                self.store.watch.dead_letter(topic, reason)
+        self.applier.requested.clear()
 
     def tick(self) -> None:
         self.store.tick()
@@ -260,22 +277,30 @@ def source_topic_id(admin: KafkaAdminClient, settings: ConsumerSettings, source:
 
 def run(settings: ConsumerSettings, source: str, model: type[Message], make_store: Callable[[Shutdown], Store],
         summary: Callable[[loop.Tally, Any], str], every: float = 10.0,
-        progress: tuple[str, ...] = ()) -> int:
+        progress: tuple[str, ...] = (), stage: str = "applied", outcomes: dict[str, str] | None = None) -> int:
     """Run the loop: apply every record of `source` (a common.topics name) to the store make_store() opens,
     until SIGINT/SIGTERM. `summary(tally, store)` is the closing line's text; `progress` the keys of a
-    progress line every `every` seconds."""
+    progress line every `every` seconds. With --metrics-port: `outcomes` maps the tally's keys to
+    rides_processed_total's outcomes (default: `progress`' keys as they are), and a record counted as `stage`
+    is done for the end-to-end latency histogram."""
     shutdown = Shutdown.on_signals()
     store = make_store(shutdown)  # first: a store that cannot be opened stops the script before Kafka is asked
+    watch = None
     try:
         # The whole admin step is retried, not only building the client: the broker can go away between two
         # admin calls just as well.
         topic_id = clients.with_admin(settings, shutdown, lambda admin: source_topic_id(admin, settings, source),
                                       "topics")
         store.bind(settings.topic(source), topic_id, settings.group_id)
-        shape = ApplyLoop(settings, shutdown, settings.topic(source), model, store)
+        store.watch = watch = loop.watch(settings, settings.group_id)
+        shape = ApplyLoop(settings, shutdown, settings.topic(source), model, store, stage)
     except BaseException:
         store.close()
+        if watch:
+            watch.stop()
         raise
+    if watch:
+        watch.count(shape.tally, outcomes or {key: key for key in progress})
     log.info("%s from %s (group %s)%s", store.doing, settings.topic(source), settings.group_id, store.description)
-    return loop.run(shape, shutdown, lambda: summary(shape.tally, store), every=every,
+    return loop.run(shape, shutdown, lambda: summary(shape.tally, store), every=every, watch=watch,
                     progress=(lambda: shape.tally.line(*progress)) if progress else None)

@@ -127,3 +127,14 @@ def describe_partitions(tps) -> str:
     for tp in tps:
         by_topic.setdefault(tp.topic, []).append(tp.partition)
     return " ".join(f"{t}{sorted(ps)}".replace(" ", "") for t, ps in sorted(by_topic.items())) or "none"
+
+
+def lags(consumer: KafkaConsumer) -> dict[tuple[str, int], int]:
+    """Records not processed yet per assigned partition ((topic, partition) -> count): the high watermark of
+    the last fetch minus the position, where both are known. Read from kafka-python 3.0.12's subscription state
+    (pinned; private): consumer.position() may call the broker, and this is read after every batch."""
+    result = {}
+    for tp, state in list(consumer._subscription.assignment.items()):
+        if state.highwater is not None and state.position is not None:
+            result[tp.topic, tp.partition] = max(0, state.highwater - state.position.offset)
+    return result

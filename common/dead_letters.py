@@ -91,6 +91,7 @@ class DeadLetters:
         config = getattr(producer, "config", KafkaProducer.DEFAULT_CONFIG)
         self._max_bytes = config["max_request_size"] - SIZE_MARGIN
         self.count = 0
+        self.sent: list[tuple[str, str]] = []  # (topic, reason) of each letter sent: counted once committed
 
     def send(self, record: ConsumerRecord, reason: str) -> FutureRecordMetadata:
         """Send one dead letter; the returned future says whether the broker took it (callers that
@@ -101,7 +102,14 @@ class DeadLetters:
         log.warning("%s: %s -> set aside in %s%s", where(record), reason, topic, truncated)
         future = self._producer.send(topic, key=key, value=value, headers=headers)
         self.count += 1
+        self.sent.append((topic, reason))
         return future
+
+    def committed(self) -> list[tuple[str, str]]:
+        """The (topic, reason) of the letters sent since the last call: the loop calls it once their batch is
+        committed (before, a failed batch's letters are sent again)."""
+        sent, self.sent = self.sent, []
+        return sent
 
 
 def stop_if_undelivered(sends: list, script: str, what_is_kept: str = "committing") -> None:

@@ -273,20 +273,27 @@ def deliver_with_retries(
     sleep: Callable[[float], bool],
     attempts: int = 4,
     first_delay: float = 1.0,
+    tell: Callable[[str], None] | None = None,
 ) -> str:
     """deliver(), retried with backoff (1, 2, 4 s); raises Fatal once every attempt has failed.
 
     sleep(seconds) returns True when asked to stop meanwhile (Shutdown.sleep), which raises Stopped.
+    tell(result), if given, hears each attempt's: delivered, retried, refused or failed (the metrics).
     """
+    tell = tell or (lambda _result: None)
     delay = first_delay
     for attempt in range(1, attempts + 1):
         try:
-            return deliver(message, ride_id)
+            to = deliver(message, ride_id)
+            tell("delivered")
+            return to
         except TRANSPORT_ERRORS as e:
             if why := refused_for_good(e):
+                tell("refused")
                 raise Refused(one_line(f"the mail server refused the email to {message['To']}: {why}")) \
                     from None
             error: Exception = e
+        tell("failed" if attempt == attempts else "retried")
         if attempt == attempts:
             raise Fatal(
                 f"cannot deliver the email for ride {ride_id} after {attempts} attempts "

@@ -22,8 +22,8 @@ from itertools import islice
 from kafka.errors import KafkaTimeoutError
 from kafka.producer.future import FutureRecordMetadata as Future
 
-from common import clients, reachability
-from common.settings import Settings
+from common import clients, loop, reachability
+from common.settings import ServiceSettings
 from common.shutdown import Shutdown
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,10 @@ class Deliveries:
     def in_flight(self) -> int:
         self._count_done()
         return len(self._pending)
+
+    def counts(self) -> dict[str, int]:
+        """What is counted so far, without counting (safe from another thread: the metrics server's)."""
+        return {"requested": self.requested, "acknowledged": self._acknowledged, "failed": self._failed}
 
     def sent(self, key: bytes, future: Future) -> None:
         self.requested += 1
@@ -108,8 +112,8 @@ def room_for(deliveries: Deliveries, count: int | None) -> int:
     return room if count is None else min(room, count - deliveries.acknowledged - in_flight)
 
 
-def run(settings: Settings, topic: str, records: Iterator[tuple[bytes, bytes]], count: int | None, rate: float,
-        seed: int) -> int:
+def run(settings: ServiceSettings, topic: str, records: Iterator[tuple[bytes, bytes]], count: int | None,
+        rate: float, seed: int) -> int:
     """Send records, (key, value) pairs keyed by ride_id, to `topic` (a common.topics name) until `count` are
     acknowledged (None: until SIGINT/SIGTERM), at `rate` per second (0: as fast as the broker takes them). The
     seed the records were made from is logged at the start and in the summary."""
@@ -121,11 +125,17 @@ def run(settings: Settings, topic: str, records: Iterator[tuple[bytes, bytes]], 
     log.info("producing rides to %s: count=%s rate=%s seed=%d", topic, count or "unlimited",
              f"{rate:g}/s" if rate else "max", seed)
     deliveries = Deliveries()
+    watch = loop.watch(settings)
+    if watch:
+        watch.count(deliveries.counts, {key: key for key in ("requested", "acknowledged", "failed")})
+    unlisten = reachability.listen(watch.kafka) if watch else None
     started = time.monotonic()
     last_report = started
     try:
         while not shutdown.requested:
             reachability.check(producer)  # one line when Kafka is lost, one when it is back
+            if watch:
+                watch.health.beat()
             if time.monotonic() - last_report >= 5:
                 last_report = time.monotonic()
                 log.info("progress: requested=%d acknowledged=%d failed=%d", deliveries.requested,
@@ -152,6 +162,8 @@ def run(settings: Settings, topic: str, records: Iterator[tuple[bytes, bytes]], 
             for key, value in islice(records, min(room, BURST)):
                 deliveries.sent(key, producer.send(topic, key=key, value=value))
     finally:
+        if watch:
+            watch.stopping("asked to stop (SIGINT/SIGTERM)" if shutdown.requested else "done")
         # Stop producing, then give the messages on their way a chance to be acknowledged, within the
         # 10 s a stop may take (Kafka may be unreachable: then they are abandoned).
         try:
@@ -167,4 +179,7 @@ def run(settings: Settings, topic: str, records: Iterator[tuple[bytes, bytes]], 
         log.info("summary: requested=%d acknowledged=%d failed=%d unacknowledged=%d rate=%.1f/s seconds=%.2f "
                  "seed=%d", deliveries.requested, deliveries.acknowledged, deliveries.failed, unacknowledged,
                  deliveries.acknowledged / elapsed, elapsed, seed)
+        if watch:
+            unlisten and unlisten()
+            watch.stop()
     return 0

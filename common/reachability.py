@@ -41,6 +41,7 @@ class Reachability:
         if reachable:
             if self.warned and self.lost:
                 log.info("Kafka is back at %s after %.0f s", self.where, now - self.lost[0])
+                _tell(True)
             self.lost, self.warned = None, False
         elif self.lost is None:
             self.lost = now, datetime.now(timezone.utc)
@@ -48,6 +49,23 @@ class Reachability:
             self.warned = True
             log.warning("Kafka is unreachable at %s (since %s); waiting for it", self.where,
                         self.lost[1].strftime("%H:%M:%S"))
+            _tell(False)
+
+
+# Who else hears what the lines say (common.metrics: /healthz and the reconnect counter): False once Kafka is
+# said to be lost, True once it is said to be back.
+_listeners: list[Callable[[bool], None]] = []
+
+
+def listen(callback: Callable[[bool], None]) -> Callable[[], None]:
+    """Call callback(reachable) whenever a lost or back line is logged; returns what stops it."""
+    _listeners.append(callback)
+    return lambda: _listeners.remove(callback)
+
+
+def _tell(reachable: bool) -> None:
+    for callback in list(_listeners):
+        callback(reachable)
 
 
 def reachable(client) -> bool | None:

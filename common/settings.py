@@ -59,7 +59,19 @@ class Settings(BaseSettings):
         return self.topic_prefix + name
 
 
-class ConsumerSettings(Settings):
+class ServiceSettings(Settings):
+    """What every long-running script (the four of the pipeline) takes on top: where it serves its metrics
+    and health (common.metrics)."""
+
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, json_schema_extra={"metavar": "PORT"},
+        description="serve /metrics (Prometheus) and /healthz on this port; 0 picks a free one and logs it "
+                    "(default: off)")
+    metrics_host: str = Field("127.0.0.1", min_length=1, json_schema_extra={"metavar": "HOST"},
+                              description="the address --metrics-port listens on (0.0.0.0: every interface)")
+
+
+class ConsumerSettings(ServiceSettings):
     """What every consuming script needs on top: its consumer group (a subclass gives the default)."""
 
     group_id: GroupId

@@ -37,6 +37,7 @@ from common.changelog import Changelog
 from common.dead_letters import DeadLetters, where
 from common.decided import DecidedRides, home_partition
 from common.errors import Fatal, PoisonRecord, Stopped
+from common.metrics import Watch
 from common.schemas import Message, record_step
 from common.settings import TransformSettings
 from common.shutdown import Shutdown
@@ -95,6 +96,8 @@ class TransformLoop:
         self.source = settings.topic(topics.RIDE_DETAILS)
         self.tally = loop.Tally()  # committed batches only: what the progress and summary lines report
         self.pending = loop.Tally()  # the batch in progress: added to the tally once it is committed
+        self.watch: Watch | None = None  # with --metrics-port (run())
+        self.requested: list[tuple[str, datetime]] = []  # the batch's outputs' (stage, requested_at), if watched
         self.in_transaction = False
         self.producer = self._connect_producer()
         self.decided = DecidedRides(settings.dedup_window_ms)
@@ -186,6 +189,8 @@ class TransformLoop:
                 sends.append(partial(self.producer.send, topic, key=record.key, value=schemas.encode(out.message),
                                      partition=self._home(topic, record, fingerprint, partitions, counts)))
                 self.pending[out.counted_as] += 1
+                if self.watch is not None and (at := getattr(out.message, "requested_at", None)) is not None:
+                    self.requested.append((out.counted_as, at))  # end-to-end latency, once committed
         return sends
 
     def _home(self, topic: str, record: ConsumerRecord, fingerprint: str | None, partitions: int,
@@ -243,6 +248,8 @@ class TransformLoop:
         """Process one batch and commit its outputs and offsets as one (see the module docstring)."""
         now = datetime.now(timezone.utc)
         self.pending.clear()  # what a failed batch counted: it is read again
+        self.requested.clear()
+        self.dead_letters.committed()
         if self.exactly_once:
             self.producer.begin_transaction()
             self.in_transaction = True
@@ -264,6 +271,19 @@ class TransformLoop:
         self.decided.commit(int(now.timestamp() * 1000))
         self.tally.update(self.pending)
         self.tally["batches"] += 1
+        if self.watch is not None:
+            self._watched()
+
+    def _watched(self) -> None:
+        """A committed batch, told to the metrics: each output's end-to-end latency, each dead letter's reason."""
+        assert self.watch is not None
+        by_stage: dict[str, list[datetime]] = {}
+        for stage, at in self.requested:
+            by_stage.setdefault(stage, []).append(at)
+        for stage, times in by_stage.items():
+            self.watch.done(stage, times)
+        for topic, reason in self.dead_letters.committed():
+            self.watch.dead_letter(topic, reason)
 
     def recover(self, records: list[ConsumerRecord], error: KafkaError, started: float) -> None:
         """After a failed batch: abort its transaction and read it again from the committed offsets."""
@@ -363,5 +383,17 @@ def run(settings: TransformSettings, model: type[Message], transform: Transform,
     keys = (*counted, *(("duplicates",) if fingerprint else ()), "dead_lettered")
     log.info("%s from %s in group %s, %s%s", doing, shape.source, settings.group_id, settings.guarantee,
              f" (transactional.id {settings.transactional_id})" if shape.exactly_once else "")
-    return loop.run(shape, shutdown, every=10.0, progress=lambda: shape.tally.line(*keys),
+    shape.watch = watch = _watch(settings, shape, keys)
+    return loop.run(shape, shutdown, every=10.0, progress=lambda: shape.tally.line(*keys), watch=watch,
                     summary=lambda: f"{shape.tally.line(*keys, 'batches', 'aborted')} guarantee={settings.guarantee}")
+
+
+def _watch(settings: TransformSettings, shape: TransformLoop, keys: tuple[str, ...]) -> Watch | None:
+    """The metrics of a transform: its summary's counts (a duplicate as outcome "duplicate"), and in exactly-once
+    its transactions (a batch is one)."""
+    watch = loop.watch(settings, settings.group_id)
+    if watch is not None:
+        watch.count(shape.tally, {key: "duplicate" if key == "duplicates" else key for key in keys})
+        if shape.exactly_once:
+            watch.transactions(shape.tally, committed="batches", aborted="aborted")
+    return watch

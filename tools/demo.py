@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,6 +28,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -172,12 +175,14 @@ class Scripts:
         self.procs: dict[str, subprocess.Popen] = {}
         self.summaries: dict[str, dict[str, int | float | str]] = {}
         self.last_line: dict[str, str] = {}
+        self.metrics: dict[str, str] = {}  # script -> the base URL of its /metrics and /healthz
         self._pumps: dict[str, threading.Thread] = {}
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
-        """Start `python <name>.py --bootstrap-servers ... --topic-prefix ... *args` from the project root."""
+        """Start `python <name>.py --bootstrap-servers ... --topic-prefix ... --metrics-port 0 *args` from the
+        project root (each serves its metrics on a free port of 127.0.0.1, and logs where)."""
         argv = [f"{name}.py", "--bootstrap-servers", self.bootstrap_servers, "--topic-prefix", self.topic_prefix,
-                *args]
+                "--metrics-port", "0", *args]
         proc = subprocess.Popen(
             [sys.executable, *argv],
             cwd=PROJECT_ROOT,
@@ -206,6 +211,8 @@ class Scripts:
             self.last_line[name] = line
             if "summary: " in line:
                 self.summaries[name] = cli.parse_summary(line)
+            if m := METRICS_LINE.search(line):
+                self.metrics[name] = m[1]
             emit(name, line)
 
     def finish(self, name: str, timeout: float) -> int:
@@ -347,6 +354,20 @@ def _number(summaries: dict[str, dict[str, int | float | str]], script: str, key
         raise Failed(f"{script}.py printed no 'summary: ... {key}=N' line") from None
 
 
+METRICS_LINE = re.compile(r"metrics on (http://\S+)/metrics")
+
+
+def health(url: str) -> str:
+    """GET <url>/healthz: "200 ok: ..." or "503 stuck: ...", or why it could not be asked."""
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+            return f"{response.status} {response.read().decode().strip()}"
+    except urllib.error.HTTPError as e:
+        return f"{e.code} {e.read().decode().strip()}"
+    except OSError as e:
+        return f"unreachable ({e})"
+
+
 def run_pipeline(scripts: Scripts, bootstrap: str, run_dir: Path, rides: int, rate: float) -> None:
     """Start the consumers, produce the rides, wait until everything is done, stop, reconcile."""
     outbox, state = run_dir / "outbox", run_dir / "analysis.db"
@@ -369,6 +390,9 @@ def run_pipeline(scripts: Scripts, bootstrap: str, run_dir: Path, rides: int, ra
         wait_until_settled(scripts, progress, acknowledged, SETTLE_TIMEOUT)
     finally:
         progress.close()
+    for name in CONSUMERS:
+        url = scripts.metrics.get(name)
+        say(f"{name}.py: metrics at {url}/metrics, health {health(url)}" if url else f"{name}.py: no metrics URL")
 
     say("stopping the consumers with SIGTERM")
     codes = scripts.stop(CONSUMERS)

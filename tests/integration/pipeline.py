@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -278,3 +280,37 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not true after {timeout:.0f} s")
         time.sleep(interval)
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def metrics_url(script: Script, timeout: float = 60.0) -> str:
+    """The base URL a script started with --metrics-port serves on (from its start-up line)."""
+    return script.wait_for_log(r"metrics on (http://\S+)/metrics", timeout=timeout)[1]
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of `url`/metrics, as Prometheus reads them: (name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def sample(samples: dict, name: str, **labels: str) -> float:
+    """The one sample of `name` with these labels (and any others): the sum where several match."""
+    found = [v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items()]
+    assert found, f"no sample {name}{labels} among {sorted({n for n, _ in samples})}"
+    return sum(found)
+
+
+def health(url: str) -> tuple[int, str]:
+    """GET `url`/healthz: its status and its one line."""
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
+            return response.status, response.read().decode().strip()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode().strip()

@@ -59,6 +59,11 @@ def test_demo_runs_rides_through_all_four_scripts_reconciles_and_leaves_nothing_
         assert numbers["confirmed"] + numbers["rejected"] == 60
         assert numbers["emailed"] == numbers["analysed"] == numbers["confirmed"] > 0
 
+        # Metrics on: each consumer's URL on loopback, healthy while it ran.
+        for script in ("transaction", "email", "analysis"):
+            assert re.search(rf"^\[demo\] +{script}\.py: metrics at http://127\.0\.0\.1:\d+/metrics, health 200 ok",
+                             out, re.MULTILINE), f"no metrics line for {script}.py\n{out[-4000:]}"
+
         # The outbox is kept, one .eml per confirmed ride.
         assert len(list((run_dir / "outbox").glob("*.eml"))) == numbers["confirmed"]
 

@@ -300,3 +300,15 @@ def test_latency_runs_from_requested_at_to_the_confirmed_records_timestamp_and_t
     to_confirmed, to_email = latency.latency_samples(confirmed, {"a": at.timestamp() + 0.05, "b": None}, requested)
     assert to_confirmed == pytest.approx([12, 30])
     assert to_email == pytest.approx([50])  # "b" has no email (yet): no sample, the caller counts them
+
+
+def test_histogram_quantile_interpolates_inside_the_bucket_as_prometheus_does():
+    import metrics_cost  # bench/ is on the path (above)
+
+    buckets = [(0.1, 50.0), (0.5, 90.0), (float("inf"), 100.0)]  # cumulative, as /metrics shows them
+    assert metrics_cost.histogram_quantile(0.5, buckets) == pytest.approx(0.1)
+    assert metrics_cost.histogram_quantile(0.7, buckets) == pytest.approx(0.3)
+    assert metrics_cost.histogram_quantile(0.25, buckets) == pytest.approx(0.05)
+    # In the +Inf bucket: the highest finite bound, never infinity.
+    assert metrics_cost.histogram_quantile(0.99, buckets) == pytest.approx(0.5)
+    assert metrics_cost.histogram_quantile(0.5, [(0.1, 0.0), (float("inf"), 0.0)]) is None

@@ -52,9 +52,10 @@ def load_email_script():
 em = load_email_script()
 SCRIPTS = {"rides.py": rides.RidesSettings, "transaction.py": transaction.TransactionSettings,
            "email.py": em.EmailSettings, "analysis.py": analysis.AnalysisSettings}
-# Each script's flags as they were when each had its own argparse code (the contract: keep them).
+# Each script's flags as they were when each had its own argparse code (the contract: keep them), and the
+# metrics flags every long-running script has since (issue 10).
 SHARED = ["--bootstrap-servers HOST:PORT[,...]", "--wait SECONDS", "--topic-prefix PREFIX",
-          "--log-level {DEBUG,INFO,WARNING,ERROR}"]
+          "--log-level {DEBUG,INFO,WARNING,ERROR}", "--metrics-port PORT", "--metrics-host HOST"]
 FLAGS = {
     "rides.py": SHARED + ["--count N", "--rate R", "--seed S"],
     "transaction.py": SHARED + ["--group-id GROUP_ID", "--guarantee {exactly-once,at-least-once}",

@@ -11,7 +11,7 @@ COMMON = Path(__file__).resolve().parents[2] / "common"
 
 LAYERS = {
     "model": {"errors", "settings", "topics", "schemas", "city", "decided", "stats", "stores", "mail", "shutdown",
-              "cli", "stdlib_email", "__init__"},
+              "cli", "stdlib_email", "metrics", "__init__"},
     "clients": {"clients", "consume", "reachability", "dead_letters", "changelog"},
     "loops": {"loop", "transform", "apply", "produce"},
 }

@@ -97,6 +97,7 @@ def transform_loop(calls: list, guarantee: Literal["exactly-once", "at-least-onc
         transaction.fingerprint
     t.exactly_once, t.source, t.tally, t.pending = guarantee == "exactly-once", SOURCE, loop.Tally(), loop.Tally()
     t.in_transaction, t.step = False, "cannot be confirmed"
+    t.watch, t.requested = None, []
     t.producer, t.consumer = FakeProducer(calls, fail_on), FakeConsumer(calls)
     t.dead_letters = DeadLetters(t.producer, "g")
     t.decided = DecidedRides(t.settings.dedup_window_ms)
