@@ -9,7 +9,8 @@
    200 times per script: its size, and p50 / p99 of the time to answer.
 3. Request-to-email latency at 100 and 500 rides/s from email.py's rides_end_to_end_seconds{stage="emailed"}
    histogram (p50 and p99 as Prometheus' histogram_quantile reads them: interpolated within a bucket), next to
-   the same rides' exact figures from their .eml files' mtimes (bench/latency.py's way).
+   the same rides' exact figures from their .eml files' mtimes (bench/latency.py's way), and the exact figures of
+   a run with metrics off just before it (transaction.py, email.py and analysis.py running in both).
 
 Loopback only, bounded: every run has a count, every wait a timeout; everything started is stopped by its pid.
 """
@@ -119,8 +120,9 @@ def cost_of_metrics(bootstrap: str, records: list, work_dir: Path, procs: list) 
     return {"off": off, "on": on, "runs": rates, "ratio": on / off}
 
 
-def pipeline_with_metrics(bootstrap: str, prefix: str, work_dir: Path, procs: list) -> dict[str, Run]:
-    common = ["--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--metrics-port", "0"]
+def pipeline_with_metrics(bootstrap: str, prefix: str, work_dir: Path, procs: list, metrics: bool = True
+                          ) -> dict[str, Run]:
+    common = ["--bootstrap-servers", bootstrap, "--topic-prefix", prefix, *(["--metrics-port", "0"] if metrics else [])]
     create_input_topic(bootstrap, prefix)
     scripts = {
         "transaction.py": Run(PROJECT_ROOT, "transaction.py", *common, "--group-id", f"{prefix}transaction",
@@ -139,19 +141,20 @@ def pipeline_with_metrics(bootstrap: str, prefix: str, work_dir: Path, procs: li
 
 
 def latency_and_scrapes(bootstrap: str, rides_per_s: int, seconds: float, work_dir: Path, procs: list,
-                        scrape: bool) -> dict:
-    """rides.py --rate R with the three consumers metrics on; the histogram's and the files' latency, and
-    (scrape) the time of GET /metrics once they are caught up."""
+                        scrape: bool, metrics: bool = True) -> dict:
+    """rides.py --rate R with the three consumers, metrics on (or off); the histogram's and the files' latency,
+    and (scrape) the time of GET /metrics once they are caught up."""
     from common import topics
 
-    prefix = f"metrics-{int(time.time())}-latency-{rides_per_s}."
-    scripts = pipeline_with_metrics(bootstrap, prefix, work_dir, procs)
-    urls = {name: metrics_url(s) for name, s in scripts.items()}
+    prefix = f"metrics-{int(time.time())}-latency-{rides_per_s}-{'on' if metrics else 'off'}."
+    scripts = pipeline_with_metrics(bootstrap, prefix, work_dir, procs, metrics)
+    urls = {name: metrics_url(s) for name, s in scripts.items()} if metrics else {}
     n = int(rides_per_s * seconds)
     rides = Run(PROJECT_ROOT, "rides.py", "--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--rate",
                 str(rides_per_s), "--count", str(n), "--seed", "11", log_dir=work_dir)
     procs.append(rides)
-    progress(f"rides.py --rate {rides_per_s} for {seconds:.0f} s; transaction.py, email.py, analysis.py metrics on")
+    progress(f"rides.py --rate {rides_per_s} for {seconds:.0f} s; transaction.py, email.py, analysis.py metrics "
+             f"{'on' if metrics else 'off'}")
     if rides.wait(timeout=seconds * 3 + STALL_TIMEOUT) != 0:
         raise BenchError(f"rides.py --rate {rides_per_s} failed: {last_line(rides.log())}")
     watcher = admin(bootstrap)
@@ -163,8 +166,8 @@ def latency_and_scrapes(bootstrap: str, rides_per_s: int, seconds: float, work_d
     outbox = work_dir / prefix / "outbox"
     confirmed = read_records(bootstrap, [prefix + topics.RIDE_CONFIRMED])
     wait_for(lambda: sum(1 for _ in outbox.glob("*.eml")), len(confirmed), "confirmed rides emailed")
-    buckets = emailed_buckets(scrape_text(urls["email.py"]))
-    if not buckets or buckets[-1][1] != len(confirmed):
+    buckets = emailed_buckets(scrape_text(urls["email.py"])) if metrics else []
+    if metrics and (not buckets or buckets[-1][1] != len(confirmed)):
         raise BenchError(f"email.py's histogram counts {buckets[-1][1] if buckets else 0} emails, "
                          f"{len(confirmed)} rides were confirmed")
     exact = []
@@ -172,10 +175,10 @@ def latency_and_scrapes(bootstrap: str, rides_per_s: int, seconds: float, work_d
         value = json.loads(r.value)
         exact.append((outbox / f"{value['ride_id']}.eml").stat().st_mtime
                      - datetime.fromisoformat(value["requested_at"]).timestamp())
-    result = {"rides_per_s": rides_per_s, "emails": len(confirmed),
+    result = {"rides_per_s": rides_per_s, "emails": len(confirmed), "metrics": metrics,
               "histogram_ms": {f"p{int(q * 100)}": 1000 * (histogram_quantile(q, buckets) or 0) for q in (0.5, 0.99)},
               "exact_ms": {k: 1000 * v for k, v in percentiles(exact).items()}}
-    if scrape:
+    if scrape and metrics:
         scrapes: dict[str, dict[str, float]] = {}
         result["scrapes"] = scrapes
         for name, url in urls.items():
@@ -215,8 +218,8 @@ def main() -> int:
                 warm = create_input_topic(bootstrap, f"metrics-{int(time.time())}-warm.")
                 raw_produce(bootstrap, warm, records[: n // 4])  # the broker's JIT, before any figure
                 cost = cost_of_metrics(bootstrap, records, work_dir, procs)
-                latency = [latency_and_scrapes(bootstrap, r, seconds, work_dir, procs, scrape=(r == LATENCY_RATES[0]))
-                           for r in LATENCY_RATES]
+                latency = [latency_and_scrapes(bootstrap, r, seconds, work_dir, procs, scrape=(r == LATENCY_RATES[0]),
+                                               metrics=on) for r in LATENCY_RATES for on in (False, True)]
             finally:
                 for proc in procs:
                     proc.kill()
@@ -243,10 +246,11 @@ def format_report(n: int, cost: dict, latency: list[dict]) -> str:
         lines.append("")
     lines.append("Request-to-email latency, ms: email.py's rides_end_to_end_seconds{stage=\"emailed\"} "
                  "(histogram_quantile) next to the exact figure (.eml mtimes)")
-    lines.append("  rides/s  emails   histogram p50 / p99   exact p50 / p99")
+    lines.append("  rides/s  metrics  emails   histogram p50 / p99   exact p50 / p99")
     for r in latency:
         h, x = r["histogram_ms"], r["exact_ms"]
-        lines.append(f"  {r['rides_per_s']:>7}  {r['emails']:>6}   {h['p50']:>9.0f} / {h['p99']:<7.0f}   "
+        shown = f"{h['p50']:>9.0f} / {h['p99']:<7.0f}" if r["metrics"] else f"{'-':>9} / {'-':<7}"
+        lines.append(f"  {r['rides_per_s']:>7}  {'on' if r['metrics'] else 'off':>7}  {r['emails']:>6}   {shown}   "
                      f"{x['p50']:>5.0f} / {x['p99']:.0f}")
     return "\n".join(lines)
 
