@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # the project, after the stdlib (email.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from latency import wait_for  # noqa: E402
 from raw_figures import raw_produce, ride_records  # noqa: E402
 from report import percentiles  # noqa: E402
 from runs import (  # noqa: E402
@@ -93,16 +94,6 @@ def metrics_url(script: Run, timeout: float = STALL_TIMEOUT) -> str:
     raise BenchError(f"{script.name} logged no metrics URL within {timeout:.0f} s")
 
 
-def wait_for(done, target: int, what: str, timeout: float = STALL_TIMEOUT) -> None:
-    deadline, last = time.monotonic() + timeout, -1
-    while (count := done()) < target:
-        if count != last:
-            deadline, last = time.monotonic() + timeout, count
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what}: {count} of {target}, then no progress for {timeout:.0f} s")
-        time.sleep(0.05)
-
-
 def cost_of_metrics(bootstrap: str, records: list, work_dir: Path, procs: list) -> dict:
     """transaction.py off, on, on, off over the same rides: each side's mean rate and on / off."""
     rates: dict[str, list[float]] = {"off": [], "on": []}
@@ -136,7 +127,7 @@ def pipeline_with_metrics(bootstrap: str, prefix: str, work_dir: Path, procs: li
     ready = {"transaction.py": "restored ", "email.py": f"partitions assigned: {prefix}",
              "analysis.py": f"partitions assigned: {prefix}"}
     wait_for(lambda: sum(ready[name] in s.log() for name, s in scripts.items()), len(ready), "consumers ready",
-             STALL_TIMEOUT * 2)
+             list(scripts.values()), STALL_TIMEOUT * 2)
     return scripts
 
 
@@ -160,12 +151,13 @@ def latency_and_scrapes(bootstrap: str, rides_per_s: int, seconds: float, work_d
     watcher = admin(bootstrap)
     try:
         wait_for(lambda: committed_total(watcher, f"{prefix}transaction", prefix + topics.RIDE_DETAILS), n,
-                 "rides decided")
+                 "rides decided", list(scripts.values()))
     finally:
         watcher.close()
     outbox = work_dir / prefix / "outbox"
     confirmed = read_records(bootstrap, [prefix + topics.RIDE_CONFIRMED])
-    wait_for(lambda: sum(1 for _ in outbox.glob("*.eml")), len(confirmed), "confirmed rides emailed")
+    wait_for(lambda: sum(1 for _ in outbox.glob("*.eml")), len(confirmed), "confirmed rides emailed",
+             list(scripts.values()))
     buckets = emailed_buckets(scrape_text(urls["email.py"])) if metrics else []
     if metrics and (not buckets or buckets[-1][1] != len(confirmed)):
         raise BenchError(f"email.py's histogram counts {buckets[-1][1] if buckets else 0} emails, "

@@ -18,6 +18,7 @@ full pipe would block the script), readable at any time with .log().
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -28,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -165,6 +166,18 @@ class Script:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL
             pass
+
+
+@contextlib.contextmanager
+def consumers(bootstrap: str, prefix: str, folder: Path, *args: str) -> Iterator[tuple[Script, Script, Script]]:
+    """transaction.py, email.py (its outbox in `folder`) and analysis.py (its state there), each in a group of
+    its own (<prefix>tx, <prefix>email, <prefix>analysis), all given *args; every one killed at the end."""
+    with Script("transaction.py", *args, bootstrap=bootstrap, prefix=prefix, group_id=f"{prefix}tx") as tx, \
+            Script("email.py", *args, "--outbox", str(folder / "outbox"), bootstrap=bootstrap, prefix=prefix,
+                   group_id=f"{prefix}email") as em, \
+            Script("analysis.py", *args, "--state", str(folder / "analysis.db"), bootstrap=bootstrap,
+                   prefix=prefix, group_id=f"{prefix}analysis") as an:
+        yield tx, em, an
 
 
 # ----------------------------------------------------------------------------------------- summaries

@@ -7,6 +7,7 @@ import pytest
 
 from tests.integration.pipeline import (
     Script,
+    consumers,
     health,
     metrics_url,
     parse_summary,
@@ -29,11 +30,7 @@ POISON = [(b"bad-1", b"{oops"), (b"bad-2", b"\xff\xfe"), (b"bad-3", b"[]"),
 def test_every_script_serves_counts_equal_to_the_topics_and_lag_returns_to_zero(kafka_bootstrap, tmp_path):
     prefix = unique_prefix("metrics")
     flags = ("--metrics-port", "0")
-    with Script("transaction.py", *flags, bootstrap=kafka_bootstrap, prefix=prefix, group_id=f"{prefix}tx") as tx, \
-            Script("email.py", *flags, "--outbox", str(tmp_path / "outbox"), bootstrap=kafka_bootstrap, prefix=prefix,
-                   group_id=f"{prefix}email") as em, \
-            Script("analysis.py", *flags, "--state", str(tmp_path / "analysis.db"), bootstrap=kafka_bootstrap,
-                   prefix=prefix, group_id=f"{prefix}analysis") as an:
+    with consumers(kafka_bootstrap, prefix, tmp_path, *flags) as (tx, em, an):
         urls = {"transaction.py": metrics_url(tx), "email.py": metrics_url(em), "analysis.py": metrics_url(an)}
         for url in urls.values():
             assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.pipeline import Script, metrics_url, produce_raw, unique_prefix, wait_until
+from tests.integration.pipeline import Script, consumers, metrics_url, produce_raw, unique_prefix, wait_until
 from tests.observability import ALERTS_FILE, dashboard_queries, scrape_config
 
 pytestmark = pytest.mark.integration
@@ -86,11 +86,7 @@ def test_every_panel_and_rule_returns_data_against_the_running_pipeline(promethe
                                                                         tmp_path):
     prefix = unique_prefix("prom")
     flags = ("--metrics-port", "0")
-    with Script("transaction.py", *flags, bootstrap=kafka_bootstrap, prefix=prefix, group_id=f"{prefix}tx") as tx, \
-            Script("email.py", *flags, "--outbox", str(tmp_path / "outbox"), bootstrap=kafka_bootstrap, prefix=prefix,
-                   group_id=f"{prefix}email") as em, \
-            Script("analysis.py", *flags, "--state", str(tmp_path / "analysis.db"), bootstrap=kafka_bootstrap,
-                   prefix=prefix, group_id=f"{prefix}analysis") as an:
+    with consumers(kafka_bootstrap, prefix, tmp_path, *flags) as (tx, em, an):
         tx.wait_for_log(r"partitions assigned: \S*ride_details\[")
         with Script("rides.py", *flags, "--rate", "40", bootstrap=kafka_bootstrap, prefix=prefix) as rides:
             targets = {s.name: metrics_url(s).removeprefix("http://") for s in (rides, tx, em, an)}
