@@ -25,7 +25,18 @@ from common import clients, schemas, stores, topics
 from common.dead_letters import GROUP, REASON, SOURCE_TOPIC
 from common.settings import Settings
 from common.stats import Stats, load_state
-from tests.integration.pipeline import Script, header, parse_summary, produce_raw, read_until, unique_prefix, wait_until
+from tests.integration.pipeline import (
+    Script,
+    header,
+    metrics_url,
+    parse_summary,
+    produce_raw,
+    read_until,
+    sample,
+    scrape,
+    unique_prefix,
+    wait_until,
+)
 from tests.unit.test_email import fake_smtp_server, load_email_script
 from tools.broker import free_port
 
@@ -301,9 +312,18 @@ def test_smtp_down_stops_without_committing_then_every_ride_is_sent_once_it_is_b
 
     with fake_smtp_server() as smtp_server:
         up = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_server.server_address[1])}
-        with run.email(env=up) as email:
+        with run.email("--metrics-port", "0", env=up) as email:
             run.wait_emailed(len(rides))
+            url = metrics_url(email)
+            observed = ("rides_end_to_end_seconds_count", (("script", "email.py"), ("stage", "emailed")))
+            # The ledger says 'sent' per email; the histogram is observed once the batch is committed, after it.
+            wait_until(lambda: scrape(url).get(observed) == len(rides), timeout=30, what="every email observed")
+            scraped = scrape(url)
             email.stop()
+    # Its metrics say the same: 20 deliveries, none retried (and each ride's latency observed once, above).
+    assert sample(scraped, "rides_smtp_deliveries_total", result="delivered") == len(rides)
+    assert not [v for (n, ls), v in scraped.items()
+                if n == "rides_smtp_deliveries_total" and dict(ls)["result"] != "delivered"]
     received = [message_from_bytes(m, policy=policy.default) for m in smtp_server.received]
     assert sorted(m["X-Ride-ID"] for m in received) == sorted(str(r.ride_id) for r in rides)
     assert run.emails() == {}  # with SMTP settings, nothing goes to the outbox

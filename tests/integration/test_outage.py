@@ -14,7 +14,18 @@ from collections import Counter
 
 import pytest
 
-from tests.integration.pipeline import Script, keys, parse_summary, read_all, unique_prefix, wait_until
+from tests.integration.pipeline import (
+    Script,
+    health,
+    keys,
+    metrics_url,
+    parse_summary,
+    read_all,
+    sample,
+    scrape,
+    unique_prefix,
+    wait_until,
+)
 from tools.broker import free_port
 
 RIDES = 50
@@ -150,3 +161,28 @@ def test_rides_py_stopped_during_an_outage_exits_0_with_its_summary(late_broker,
     said = re.search(r"WARNING.*unacknowledged.*", log)
     assert said and "may or may not" in said.group(0), log
     assert "next run" not in log and "will be sent" not in log, log
+
+
+def test_healthz_turns_503_once_kafka_is_gone_longer_than_the_wait_and_200_once_it_is_back(late_broker, tmp_path):
+    broker, port = late_broker
+    bootstrap = broker.start(port=port)
+    prefix = unique_prefix("health")
+    with Script("email.py", "--metrics-port", "0", "--wait", "3", "--outbox", str(tmp_path / "outbox"),
+                bootstrap=bootstrap, prefix=prefix, log_dir=tmp_path) as email:
+        url = metrics_url(email)
+        email.wait_for_log(r"partitions assigned: \S+ride_confirmed\[")
+        assert health(url)[0] == 200
+        broker.stop()
+        # Within the wait the loop still comes round (polls that find nothing): healthy. Past it: 503, one line.
+        wait_until(lambda: health(url)[0] == 503, timeout=60, what="/healthz 503 with Kafka gone")
+        status, why = health(url)
+        assert re.fullmatch(r"Kafka unreachable for \d+ s, longer than the 3 s wait", why), why
+        assert sample(scrape(url), "rides_kafka_reachable", script="email.py") == 0
+        assert email.running  # unhealthy, not dead: it waits for Kafka
+
+        broker.start(port=port)  # the same address and data
+        wait_until(lambda: health(url)[0] == 200, timeout=90, what="/healthz 200 with Kafka back")
+        scraped = scrape(url)
+        assert sample(scraped, "rides_kafka_reachable", script="email.py") == 1
+        assert sample(scraped, "rides_kafka_reconnects_total", script="email.py") == 1
+        email.stop()
