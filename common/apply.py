@@ -285,7 +285,7 @@ def run(settings: ConsumerSettings, source: str, model: type[Message], make_stor
     is done for the end-to-end latency histogram."""
     shutdown = Shutdown.on_signals()
     store = make_store(shutdown)  # first: a store that cannot be opened stops the script before Kafka is asked
-    watch = None
+    watch, shape = None, None
     try:
         # The whole admin step is retried, not only building the client: the broker can go away between two
         # admin calls just as well.
@@ -293,14 +293,14 @@ def run(settings: ConsumerSettings, source: str, model: type[Message], make_stor
                                       "topics")
         store.bind(settings.topic(source), topic_id, settings.group_id)
         store.watch = watch = loop.watch(settings, settings.group_id)
+        if watch:  # the tally's counts, at 0 until the loop runs
+            watch.count(lambda: shape.tally if shape else loop.Tally(), outcomes or {key: key for key in progress})
         shape = ApplyLoop(settings, shutdown, settings.topic(source), model, store, stage)
     except BaseException:
         store.close()
         if watch:
             watch.stop()
         raise
-    if watch:
-        watch.count(shape.tally, outcomes or {key: key for key in progress})
     log.info("%s from %s (group %s)%s", store.doing, settings.topic(source), settings.group_id, store.description)
     return loop.run(shape, shutdown, lambda: summary(shape.tally, store), every=every, watch=watch,
                     progress=(lambda: shape.tally.line(*progress)) if progress else None)

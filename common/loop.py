@@ -82,8 +82,6 @@ def run(shape: Shape, shutdown: Shutdown, summary: Callable[[], str], *, every: 
                 if progress is not None:
                     log.info("progress: %s", progress())
                 shape.tick()
-        if watch:
-            watch.stopping("asked to stop (SIGINT/SIGTERM)")
     except Stopped:
         log.warning("stopped with a batch unfinished: nothing of it was committed; the next run processes it")
     except BaseException as e:
@@ -91,6 +89,8 @@ def run(shape: Shape, shutdown: Shutdown, summary: Callable[[], str], *, every: 
             watch.stopping(f"{type(e).__name__}: {e}")
         raise
     finally:
+        if watch and not watch.health.stopping:
+            watch.stopping("asked to stop (SIGINT/SIGTERM)")  # 503 while it closes
         try:
             shape.close()
         finally:

@@ -31,12 +31,15 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from common.errors import Fatal
+
 log = logging.getLogger(__name__)
 
-# /healthz answers 503 once the loop has not come round for this long. A pass is one poll (at most 0.5 s
-# when idle) and one batch: a batch of 500 records takes well under a second, an email's SMTP retries up to
-# 7 s, a transaction waiting out a broker restart up to its 15 s timeout. Longer than all of those is stuck.
-STALL_AFTER = 30.0
+# /healthz answers 503 once the loop has not come round for this long while Kafka is reachable (an outage has
+# its own limit: --wait). A pass is one poll (at most 0.5 s when idle) and one batch: 500 records take well
+# under a second, a changelog restore a few; over SMTP each attempt beats too, and one may take its 30 s
+# socket timeout and a 4 s backoff. Longer than all of those is stuck.
+STALL_AFTER = 60.0
 
 # Request-to-stage latency: 5 ms (a quiet pipeline) to 5 minutes (a consumer catching up on a backlog).
 END_TO_END_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -64,7 +67,8 @@ def reason_class(reason: str) -> str:
 
 class Health:
     """Whether the script is doing its job, for /healthz: the loop beats once per pass; Kafka's reachability
-    and a stop are reported to it. Written by the loop's thread, read by the server's (plain attributes)."""
+    and a stop are reported to it. Written by the loop's thread, read by the server's (plain attributes, each
+    read once per answer)."""
 
     def __init__(self, unreachable_after: float, stall_after: float = STALL_AFTER,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -81,17 +85,19 @@ class Health:
 
     def status(self) -> tuple[bool, str]:
         """(healthy, one line saying why)."""
-        now = self.clock()
-        if self.stopping:
-            return False, f"stopping: {self.stopping}"
-        if self.kafka_lost_at is not None and now - self.kafka_lost_at > self.unreachable_after:
-            return False, (f"Kafka unreachable for {now - self.kafka_lost_at:.0f} s, longer than the "
-                           f"{self.unreachable_after:g} s wait")
-        if now - self.last_beat > self.stall_after:
-            return False, (f"stuck: the loop has not come round for {now - self.last_beat:.0f} s "
+        now, stopping, lost_at, beat = self.clock(), self.stopping, self.kafka_lost_at, self.last_beat
+        if stopping:
+            return False, f"stopping: {stopping}"
+        if lost_at is not None:  # during an outage the loop may wait in mid-batch: the wait is the limit
+            if now - lost_at > self.unreachable_after:
+                return False, (f"Kafka unreachable for {now - lost_at:.0f} s, longer than the "
+                               f"{self.unreachable_after:g} s wait")
+            return True, (f"ok: Kafka unreachable for {now - lost_at:.0f} s, within the "
+                          f"{self.unreachable_after:g} s wait")
+        if now - beat > self.stall_after:
+            return False, (f"stuck: the loop has not come round for {now - beat:.0f} s "
                            f"(limit {self.stall_after:g} s)")
-        lost = "" if self.kafka_lost_at is None else f"; Kafka unreachable for {now - self.kafka_lost_at:.0f} s"
-        return True, f"ok: the loop came round {now - self.last_beat:.1f} s ago{lost}"
+        return True, f"ok: the loop came round {now - beat:.1f} s ago"
 
 
 class TallyCollector(Collector):
@@ -161,6 +167,7 @@ class Watch:
         self.reachable.set(1)
         self.lags: dict[tuple[str, int], int] = {}  # (topic, partition) -> records behind; replaced, not mutated
         self._oldest_ms: int | None = None  # timestamp of the oldest ride known not to be processed yet
+        self._lost: dict[int, float] = {}  # id of each client that has lost Kafka -> since when (monotonic)
         if group:
             self.registry.register(LagCollector(self))
         self._server: WSGIServer | None = None
@@ -174,18 +181,20 @@ class Watch:
         self.registry.register(TallyCollector("rides_processed", "Rides by what this script did with them (the "
                                               "summary line's counts)", self.script, counts, outcomes))
 
-    def transactions(self, tally: Mapping[str, int], committed: str, aborted: str) -> None:
-        """Serve rides_transactions_total{outcome="committed"|"aborted"} from these tally keys."""
+    def transactions(self, tally: Callable[[], Mapping[str, int]], committed: str, aborted: str) -> None:
+        """Serve rides_transactions_total{outcome="committed"|"aborted"} from these keys of tally()."""
         self.registry.register(TallyCollector("rides_transactions", "Kafka transactions (one per batch) by "
-                                              "outcome", self.script, lambda: tally,
+                                              "outcome", self.script, tally,
                                               {committed: "committed", aborted: "aborted"}))
 
     def polled(self, records: Sequence[Any]) -> None:
         """A pass of the loop has polled these records (ConsumerRecords: topic, partition, timestamp). Until
         they are processed, the oldest of them is the oldest ride waiting."""
         self.health.beat()
-        if records:
-            oldest = min(r.timestamp for r in records)
+        # A stand-in for an unreadable record has no timestamp (-1): it says nothing of any ride's age.
+        stamps = [r.timestamp for r in records if r.timestamp >= 0]
+        if stamps:
+            oldest = min(stamps)
             if self._oldest_ms is None or oldest < self._oldest_ms:
                 self._oldest_ms = oldest
 
@@ -200,7 +209,8 @@ class Watch:
         elif records:
             last: dict[tuple[str, int], int] = {}
             for r in records:  # in offset order within a partition: the last one stays
-                last[r.topic, r.partition] = r.timestamp
+                if r.timestamp >= 0:
+                    last[r.topic, r.partition] = r.timestamp
             behind = [ts for tp, ts in last.items() if lags.get(tp)]
             if behind:  # else the partitions behind were not in this batch: what was known of them stands
                 self._oldest_ms = min(behind)
@@ -222,14 +232,21 @@ class Watch:
         self.dead_letters.labels(self.script, topic, reason_class(reason)).inc()
 
     def delivery(self, result: str) -> None:
+        """One SMTP attempt's result; an attempt is progress too (a batch of emails may take long)."""
         self.smtp.labels(self.script, result).inc()
+        self.health.beat()
 
-    def kafka(self, reachable: bool) -> None:
-        """Kafka lost (after the grace common.reachability allows a blip) or back."""
-        if reachable and self.health.kafka_lost_at is not None:
-            self.reconnects.inc()
-        self.reachable.set(1 if reachable else 0)
-        self.health.kafka(reachable, None if reachable else time.monotonic())
+    def kafka(self, client: object, reachable: bool) -> None:
+        """One of the script's clients (its consumer, its producer) lost Kafka (after the grace
+        common.reachability allows a blip) or has it back. Kafka is reachable again once every client that lost
+        it has it back: a producer that lost it in mid-batch says so apart from the consumer."""
+        if reachable:
+            if self._lost.pop(id(client), None) is not None and not self._lost:
+                self.reconnects.inc()
+        else:
+            self._lost.setdefault(id(client), time.monotonic())
+        self.reachable.set(0 if self._lost else 1)
+        self.health.kafka(not self._lost, min(self._lost.values()) if self._lost else None)
 
     def stopping(self, why: str) -> None:
         self.health.stopping = why
@@ -253,7 +270,11 @@ class Watch:
         """Serve on host:port (0: any free port) in a daemon thread until stop(); returns the base URL."""
         self._metrics_app = make_wsgi_app(self.registry)
         server_class = _ThreadingServer6 if ":" in host else _ThreadingServer  # "::1": IPv6 loopback
-        self._server = make_server(host, port, self.app, server_class=server_class, handler_class=_Quiet)
+        try:
+            self._server = make_server(host, port, self.app, server_class=server_class, handler_class=_Quiet)
+        except OSError as e:
+            raise Fatal(f"cannot serve metrics on {host}:{port} ({e.strerror or e}): pick another --metrics-port "
+                        f"(0: any free one) or --metrics-host") from None
         threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
         bound_host, bound_port = self._server.server_address[:2]
         url = f"http://{_url_host(str(bound_host))}:{bound_port}"

@@ -118,16 +118,21 @@ def run(settings: ServiceSettings, topic: str, records: Iterator[tuple[bytes, by
     acknowledged (None: until SIGINT/SIGTERM), at `rate` per second (0: as fast as the broker takes them). The
     seed the records were made from is logged at the start and in the summary."""
     shutdown = Shutdown.on_signals()
-    clients.ensure_topics(settings, shutdown)
-    topic = settings.topic(topic)
-    producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "rides", writes_to=[topic]),
-                               "producer")
-    log.info("producing rides to %s: count=%s rate=%s seed=%d", topic, count or "unlimited",
-             f"{rate:g}/s" if rate else "max", seed)
     deliveries = Deliveries()
-    watch = loop.watch(settings)
+    watch = loop.watch(settings)  # first: a metrics port in use stops the script before Kafka is asked
     if watch:
         watch.count(deliveries.counts, {key: key for key in ("requested", "acknowledged", "failed")})
+    try:
+        clients.ensure_topics(settings, shutdown)
+        topic = settings.topic(topic)
+        producer = clients.connect(settings, shutdown, lambda: clients.producer(settings, "rides",
+                                                                                writes_to=[topic]), "producer")
+    except BaseException:
+        if watch:
+            watch.stop()
+        raise
+    log.info("producing rides to %s: count=%s rate=%s seed=%d", topic, count or "unlimited",
+             f"{rate:g}/s" if rate else "max", seed)
     unlisten = reachability.listen(watch.kafka) if watch else None
     started = time.monotonic()
     last_report = started

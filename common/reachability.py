@@ -41,7 +41,7 @@ class Reachability:
         if reachable:
             if self.warned and self.lost:
                 log.info("Kafka is back at %s after %.0f s", self.where, now - self.lost[0])
-                _tell(True)
+                _tell(self, True)
             self.lost, self.warned = None, False
         elif self.lost is None:
             self.lost = now, datetime.now(timezone.utc)
@@ -49,23 +49,24 @@ class Reachability:
             self.warned = True
             log.warning("Kafka is unreachable at %s (since %s); waiting for it", self.where,
                         self.lost[1].strftime("%H:%M:%S"))
-            _tell(False)
+            _tell(self, False)
 
 
-# Who else hears what the lines say (common.metrics: /healthz and the reconnect counter): False once Kafka is
-# said to be lost, True once it is said to be back.
-_listeners: list[Callable[[bool], None]] = []
+# Who else hears what the lines say (common.metrics: /healthz and the reconnect counter): callback(state,
+# False) once a client's Kafka is said to be lost, callback(state, True) once it is said to be back; `state`
+# tells the clients apart (a script's consumer and producer each have one).
+_listeners: list[Callable[[object, bool], None]] = []
 
 
-def listen(callback: Callable[[bool], None]) -> Callable[[], None]:
-    """Call callback(reachable) whenever a lost or back line is logged; returns what stops it."""
+def listen(callback: Callable[[object, bool], None]) -> Callable[[], None]:
+    """Call callback(state, reachable) whenever a lost or back line is logged; returns what stops it."""
     _listeners.append(callback)
     return lambda: _listeners.remove(callback)
 
 
-def _tell(reachable: bool) -> None:
+def _tell(state: Reachability, reachable: bool) -> None:
     for callback in list(_listeners):
-        callback(reachable)
+        callback(state, reachable)
 
 
 def reachable(client) -> bool | None:
@@ -85,6 +86,12 @@ def reachable(client) -> bool | None:
 
 
 _states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def said_lost(client) -> bool:
+    """Whether the last line said of this client is that Kafka is unreachable."""
+    state = _states.get(client)
+    return state is not None and state.warned
 
 
 def check(client) -> None:

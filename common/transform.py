@@ -230,6 +230,8 @@ class TransformLoop:
         while True:
             try:
                 self.producer.flush(timeout=1.0)  # in steps, to notice a stop request during an outage
+                if reachability.said_lost(self.producer):  # in mid-batch (below), maybe a batch ago: say it is
+                    reachability.check(self.producer)     # back here, where the consumer never saw it go
                 break
             except KafkaTimeoutError:
                 reachability.check(self.producer)  # an outage in mid-batch never reaches poll_batch
@@ -379,21 +381,24 @@ def run(settings: TransformSettings, model: type[Message], transform: Transform,
     clients.ensure_topics(settings, shutdown)
     if fingerprint:
         clients.ensure_decided_topic(settings, shutdown, settings.group_id, settings.dedup_window_ms)
-    shape = TransformLoop(settings, shutdown, model, transform, fingerprint, step)
     keys = (*counted, *(("duplicates",) if fingerprint else ()), "dead_lettered")
+    watch = loop.watch(settings, settings.group_id)  # before the clients: a port in use stops it with nothing open
+    shape: TransformLoop | None = None
+    if watch:  # its summary's counts (a duplicate as outcome "duplicate"), at 0 until the loop runs; in
+        # exactly-once its transactions (a batch is one)
+        def tally() -> loop.Tally:
+            return shape.tally if shape else loop.Tally()
+        watch.count(tally, {key: "duplicate" if key == "duplicates" else key for key in keys})
+        if settings.guarantee == "exactly-once":
+            watch.transactions(tally, committed="batches", aborted="aborted")
+    try:
+        shape = TransformLoop(settings, shutdown, model, transform, fingerprint, step)
+    except BaseException:
+        if watch:
+            watch.stop()
+        raise
+    shape.watch = watch
     log.info("%s from %s in group %s, %s%s", doing, shape.source, settings.group_id, settings.guarantee,
              f" (transactional.id {settings.transactional_id})" if shape.exactly_once else "")
-    shape.watch = watch = _watch(settings, shape, keys)
     return loop.run(shape, shutdown, every=10.0, progress=lambda: shape.tally.line(*keys), watch=watch,
                     summary=lambda: f"{shape.tally.line(*keys, 'batches', 'aborted')} guarantee={settings.guarantee}")
-
-
-def _watch(settings: TransformSettings, shape: TransformLoop, keys: tuple[str, ...]) -> Watch | None:
-    """The metrics of a transform: its summary's counts (a duplicate as outcome "duplicate"), and in exactly-once
-    its transactions (a batch is one)."""
-    watch = loop.watch(settings, settings.group_id)
-    if watch is not None:
-        watch.count(shape.tally, {key: "duplicate" if key == "duplicates" else key for key in keys})
-        if shape.exactly_once:
-            watch.transactions(shape.tally, committed="batches", aborted="aborted")
-    return watch

@@ -167,22 +167,33 @@ def test_healthz_turns_503_once_kafka_is_gone_longer_than_the_wait_and_200_once_
     broker, port = late_broker
     bootstrap = broker.start(port=port)
     prefix = unique_prefix("health")
-    with Script("email.py", "--metrics-port", "0", "--wait", "3", "--outbox", str(tmp_path / "outbox"),
-                bootstrap=bootstrap, prefix=prefix, log_dir=tmp_path) as email:
-        url = metrics_url(email)
+    flags = ("--metrics-port", "0", "--wait", "3")
+    # transaction.py with rides flowing: the outage may find it polling (its consumer sees it go) or flushing a
+    # batch (only its producer does); email.py idle. Either way each must be healthy again once Kafka is back.
+    with Script("email.py", *flags, "--outbox", str(tmp_path / "outbox"), bootstrap=bootstrap, prefix=prefix,
+                log_dir=tmp_path) as email, \
+            Script("transaction.py", *flags, bootstrap=bootstrap, prefix=prefix, log_dir=tmp_path) as tx, \
+            Script("rides.py", "--rate", "50", bootstrap=bootstrap, prefix=prefix, log_dir=tmp_path) as rides:
+        urls = {"email.py": metrics_url(email), "transaction.py": metrics_url(tx)}
         email.wait_for_log(r"partitions assigned: \S+ride_confirmed\[")
-        assert health(url)[0] == 200
+        wait_until(lambda: sample(scrape(urls["transaction.py"]), "rides_processed_total", outcome="confirmed") > 20,
+                   timeout=60, what="transaction.py confirming")
+        assert all(health(url)[0] == 200 for url in urls.values())
         broker.stop()
-        # Within the wait the loop still comes round (polls that find nothing): healthy. Past it: 503, one line.
-        wait_until(lambda: health(url)[0] == 503, timeout=60, what="/healthz 503 with Kafka gone")
-        status, why = health(url)
-        assert re.fullmatch(r"Kafka unreachable for \d+ s, longer than the 3 s wait", why), why
-        assert sample(scrape(url), "rides_kafka_reachable", script="email.py") == 0
-        assert email.running  # unhealthy, not dead: it waits for Kafka
+        # Within the wait the loop still comes round (or waits in mid-batch for Kafka): healthy. Past it: 503.
+        for script, url in urls.items():
+            wait_until(lambda url=url: health(url)[0] == 503, timeout=60, what=f"{script}: 503 with Kafka gone")
+            status, why = health(url)
+            assert re.fullmatch(r"Kafka unreachable for \d+ s, longer than the 3 s wait", why), (script, why)
+            assert sample(scrape(url), "rides_kafka_reachable", script=script) == 0
+        assert email.running and tx.running  # unhealthy, not dead: they wait for Kafka
 
         broker.start(port=port)  # the same address and data
-        wait_until(lambda: health(url)[0] == 200, timeout=90, what="/healthz 200 with Kafka back")
-        scraped = scrape(url)
-        assert sample(scraped, "rides_kafka_reachable", script="email.py") == 1
-        assert sample(scraped, "rides_kafka_reconnects_total", script="email.py") == 1
+        for script, url in urls.items():
+            wait_until(lambda url=url: health(url)[0] == 200, timeout=90, what=f"{script}: 200 with Kafka back")
+            scraped = scrape(url)
+            assert sample(scraped, "rides_kafka_reachable", script=script) == 1
+            assert sample(scraped, "rides_kafka_reconnects_total", script=script) == 1
+        rides.stop()
+        tx.stop()
         email.stop()

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from common import consume, mail, reachability, schemas
+from common.errors import Fatal
 from common.loop import Tally
 from common.metrics import OTHER_REASON, REASON_CLASSES, STALL_AFTER, Health, Watch, reason_class
 from common.transform import repeat_reason
@@ -57,7 +58,7 @@ def test_processed_total_is_the_tally_itself_at_every_scrape(watch):
 
 def test_transactions_committed_and_aborted_from_the_tally(watch):
     tally = Tally(batches=7, aborted=2)
-    watch.transactions(tally, committed="batches", aborted="aborted")
+    watch.transactions(lambda: tally, committed="batches", aborted="aborted")
     assert samples(watch, "rides_transactions_total") == {
         (("outcome", "committed"), ("script", "transaction.py")): 7,
         (("outcome", "aborted"), ("script", "transaction.py")): 2}
@@ -161,23 +162,22 @@ def test_health_ok_while_the_loop_comes_round_and_503_once_it_does_not():
     assert health.status()[0]
     clock.now += 2
     healthy, why = health.status()
-    assert not healthy and why.startswith("stuck: the loop has not come round for 31 s")
+    assert not healthy and why.startswith(f"stuck: the loop has not come round for {STALL_AFTER + 1:.0f} s")
     health.beat()
     assert health.status()[0]
 
 
 def test_health_tolerates_an_outage_up_to_the_wait_then_says_kafka_is_unreachable():
     clock = Clock()
-    health = Health(unreachable_after=60, clock=clock)
+    health = Health(unreachable_after=90, clock=clock)
     health.kafka(False, lost_at=clock.now)
-    clock.now += 59
-    health.beat()
+    clock.now += STALL_AFTER + 10  # no beat: the loop waits in mid-batch for Kafka, which is not "stuck"
     healthy, why = health.status()
-    assert healthy and "Kafka unreachable for 59 s" in why  # polling on, within the wait: still healthy
-    clock.now += 2
-    health.beat()
-    assert health.status() == (False, "Kafka unreachable for 61 s, longer than the 60 s wait")
+    assert healthy and why == f"ok: Kafka unreachable for {STALL_AFTER + 10:.0f} s, within the 90 s wait"
+    clock.now = health.last_beat + 91
+    assert health.status() == (False, "Kafka unreachable for 91 s, longer than the 90 s wait")
     health.kafka(True)
+    health.beat()
     assert health.status()[0]
 
 
@@ -187,17 +187,62 @@ def test_health_says_stopping_once_the_script_stops(watch):
 
 
 def test_kafka_back_after_an_outage_counts_one_reconnect_and_reachable_follows(watch):
-    watch.kafka(True)  # reachable from the start: no reconnect
-    watch.kafka(False)
+    consumer = object()
+    watch.kafka(consumer, True)  # reachable from the start: no reconnect
+    watch.kafka(consumer, False)
     assert samples(watch, "rides_kafka_reachable") == {(("script", "transaction.py"),): 0}
-    watch.kafka(True)
+    watch.kafka(consumer, True)
     assert samples(watch, "rides_kafka_reconnects_total") == {(("script", "transaction.py"),): 1}
     assert samples(watch, "rides_kafka_reachable") == {(("script", "transaction.py"),): 1}
 
 
+def test_kafka_is_back_only_once_every_client_that_lost_it_has_it_back(watch):
+    # transaction.py's producer can lose Kafka in mid-batch while its consumer never does, and the other way round.
+    consumer, producer = object(), object()
+    watch.kafka(producer, False)
+    watch.kafka(consumer, False)
+    watch.kafka(consumer, True)
+    assert samples(watch, "rides_kafka_reachable") == {(("script", "transaction.py"),): 0}
+    assert watch.health.kafka_lost_at is not None
+    watch.kafka(producer, True)
+    assert samples(watch, "rides_kafka_reachable") == {(("script", "transaction.py"),): 1}
+    assert watch.health.kafka_lost_at is None
+    assert samples(watch, "rides_kafka_reconnects_total") == {(("script", "transaction.py"),): 1}  # one outage
+
+
+def test_an_unreadable_records_stand_in_without_a_timestamp_says_nothing_of_the_lag_age(watch):
+    clock = watch.clock
+    stand_in = record("t", 0, 7, -1)  # common.consume.stand_in_for_unreadable: timestamp -1
+    watch.polled([stand_in])
+    watch.processed({("t", 0): 5}, [stand_in])
+    assert watch.lag_seconds() == 0
+    real = record("t", 0, 8, int((clock.now - 12) * 1000))
+    watch.polled([stand_in, real])
+    assert watch.lag_seconds() == pytest.approx(12, abs=0.01)  # the real ride is the oldest waiting
+    watch.processed({("t", 0): 5}, [stand_in, real])
+    assert watch.lag_seconds() == pytest.approx(12, abs=0.01)
+
+
+def test_an_smtp_attempt_is_progress_for_health(watch):
+    watch.health.last_beat -= STALL_AFTER + 5  # a long batch of emails
+    assert not watch.health.status()[0]
+    watch.delivery("delivered")
+    assert watch.health.status()[0]
+
+
+def test_a_metrics_port_in_use_is_one_line_naming_the_flag(watch):
+    url = watch.serve("127.0.0.1", 0)
+    other = Watch("email.py", "email", unreachable_after=60, registry=CollectorRegistry())
+    try:
+        with pytest.raises(Fatal, match=r"cannot serve metrics on 127\.0\.0\.1:\d+ .*pick another --metrics-port"):
+            other.serve("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    finally:
+        watch.stop()
+
+
 def test_reachability_lines_reach_the_listeners_once_each():
     heard: list[bool] = []
-    stop = reachability.listen(heard.append)
+    stop = reachability.listen(lambda state, up: heard.append(up))
     try:
         clock = Clock(0)
         state = reachability.Reachability("k:9092", grace=2, clock=clock)

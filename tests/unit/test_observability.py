@@ -221,7 +221,7 @@ def _served_names() -> set[str]:
     registry = CollectorRegistry()
     watch = metrics.Watch("test.py", "group", unreachable_after=60.0, registry=registry)
     watch.count({}, {"key": "outcome"})
-    watch.transactions({}, committed="batches", aborted="aborted")
+    watch.transactions(dict, committed="batches", aborted="aborted")
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count", ""),
                 "info": ("_info",)}
     return {family.name + suffix for family in registry.collect()
