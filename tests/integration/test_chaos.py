@@ -13,7 +13,9 @@ Run on its own with `make chaos` (or `pytest -m chaos`).
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -83,23 +85,33 @@ class Pipeline:
         for i in range(kills):
             if i:
                 self.scripts[name].wait_for_log(r"partitions assigned: \S+\[\d", timeout=90)
-                wait_until(self.mid_batch(), timeout=60, interval=0.005, what=f"restarted {name} mid-batch")
+                self.catch_mid_batch(self.scripts[name], timeout=60)
             self.crash_and_restart(name, rng)
 
-    def mid_batch(self):
-        """A condition: true once outputs were written since the last look and decided rides were not."""
+    def catch_mid_batch(self, script: Script, timeout: float) -> None:
+        """Return once outputs were written since the last look and decided rides were not. Exactly-once: the
+        batch's transaction is open, the kill leaves it for the next instance to abort. At-least-once, where
+        the decisions follow the outputs by one round trip: the script is frozen (SIGSTOP) and the decisions
+        must still be missing once what it had sent has landed, or the batch is let go (SIGCONT) and the next
+        one waited for; without that check the kill could land just after them, and publish nothing twice."""
+        verify = "at-least-once" in self.args["transaction"]
+        deadline = time.monotonic() + timeout
         last = (self.published(), self.remembered())
-
-        def caught() -> bool:
-            nonlocal last
+        while time.monotonic() < deadline:
             now = (self.published(), self.remembered())
             if now[0] > last[0] and now[1] == last[1]:
-                return True
+                if not verify:
+                    return
+                os.kill(script.pid, signal.SIGSTOP)
+                time.sleep(0.2)  # requests already on the wire reach the broker
+                if self.remembered() == now[1]:
+                    return
+                os.kill(script.pid, signal.SIGCONT)
+                now = (self.published(), self.remembered())
             if now[1] > last[1]:
                 last = now  # that batch is complete
-            return False
-
-        return caught
+            time.sleep(0.005)
+        raise AssertionError(f"{script.name}: no batch caught half done within {timeout:.0f} s")
 
     def published(self) -> int:
         """Records written to transaction.py's output topics so far, committed or not."""
