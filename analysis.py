@@ -8,10 +8,14 @@ from there, not from Kafka's committed offset (common/apply.py: Folded). One ins
 lock enforces it); a state file belongs to one topic and one consumer group, any other is refused.
 Rides per minute follow the wall clock: the table shows the minutes up to now, and the saved state keeps
 the last day of them (a ride's confirmed_at, set by whoever produced it, can never move that window).
+The saved statistics are also published to ride_stats (compacted, keyed by the group), at most once a second
+and once at exit, so that api.py can serve them from anywhere.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -41,6 +45,8 @@ def fold(stats: Stats, ride: schemas.RideConfirmed) -> Stats:
     stats.currencies[ride.currency] = stats.currencies.get(ride.currency, 0) + 1
     return stats
 
+
+PUBLISH_EVERY = 1.0  # seconds between two snapshots on ride_stats, at most
 
 # Rides per minute are kept for the last day only (the most --minutes can show): a state file that ran
 # for weeks would otherwise carry, and rewrite on every save, one bucket per minute since it started.
@@ -110,6 +116,23 @@ class Analysis(apply.Folded):
         super().__init__(settings.state, Stats, fold, "cannot be counted")
         self.minutes = settings.minutes
         self.shown: tuple[int, int] | None = None  # (rides, dead letters) in the table last printed
+        self.group_id = settings.group_id
+        self.saves, self.published, self.published_at = 0, 0, 0.0  # batches saved; how many at the last publish
+
+    def bind(self, topic: str, topic_id: str, group_id: str) -> None:
+        super().bind(topic, topic_id, group_id)
+        self.group_id = group_id
+
+    def snapshot(self, final: bool) -> tuple[str, bytes, bytes] | None:
+        # The statistics as saved, on ride_stats for api.py, at most once a second (a batch is saved every few
+        # ms under load) and once at the end; only when they changed.
+        now = time.monotonic()
+        if self.published == self.saves or not final and now - self.published_at < PUBLISH_EVERY:
+            return None
+        self.published, self.published_at = self.saves, now
+        value = (f'{{"schema_version":{schemas.SCHEMA_VERSION},"group":{json.dumps(self.group_id)},'
+                 f'"saved_at":"{datetime.now(timezone.utc).isoformat()}","stats":{self.saved_json}}}')
+        return topics.RIDE_STATS, self.group_id.encode(), value.encode()
 
     def set_aside(self, record, ride, reason: str) -> None:
         self.state.dead_lettered += 1
@@ -117,6 +140,7 @@ class Analysis(apply.Folded):
     def save(self, offsets) -> None:
         prune(self.state, now=datetime.now(timezone.utc))
         super().save(offsets)
+        self.saves += 1
 
     def tick(self) -> None:  # the table, when something changed: an idle pipeline does not repeat it
         if (self.state.all.rides, self.state.dead_lettered) != self.shown:

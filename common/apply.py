@@ -68,6 +68,11 @@ class Store:
     def tick(self) -> None:
         """Every few seconds between batches (analysis.py prints its table)."""
 
+    def snapshot(self, final: bool) -> tuple[str, bytes, bytes] | None:
+        """After a saved batch, between batches and once more at the end (`final`): a record to publish, as
+        (topic: a common.topics name, key, value), or None. analysis.py publishes its statistics this way."""
+        return None
+
     def close(self) -> None:
         """After the last batch (or a start that failed)."""
 
@@ -93,6 +98,7 @@ class Folded(Store):
             raise Fatal(f"cannot use the state file {path}: {e}") from None
         try:
             self.state = self.saved()
+            self.saved_json: str = self.state.to_json()
             _, self.resume_from = self.file.load()
         except (OSError, sqlite3.Error, ValueError, KeyError) as e:
             self.file.close()
@@ -115,7 +121,8 @@ class Folded(Store):
         return FOLDED
 
     def save(self, offsets: dict[TopicPartition, int]) -> None:
-        self.file.save(self.state.to_json(), offsets)
+        self.saved_json = self.state.to_json()  # kept: what was saved last (a batch cut short is not)
+        self.file.save(self.saved_json, offsets)
         assert self.resume_from is not None
         self.resume_from.update(offsets)
 
@@ -217,7 +224,7 @@ class ApplyLoop:
 
     def __init__(self, settings: ConsumerSettings, shutdown: Shutdown, source: str, model: type[Message],
                  store: Store, stage: str | None = None) -> None:
-        self.store = store
+        self.store, self.topic = store, settings.topic
         self.producer = clients.connect(settings, shutdown, lambda: clients.producer(
             settings, f"{settings.group_id}-dead-letters"), "dead-letter producer")
         self.applier = Applier(model, store, DeadLetters(self.producer, settings.group_id), lambda: shutdown.requested,
@@ -244,13 +251,23 @@ class ApplyLoop:
             for topic, reason in letters:
                 self.store.watch.dead_letter(topic, reason)
         self.applier.requested.clear()
+        self.publish(final=False)
+
+    def publish(self, final: bool) -> None:
+        """Send the store's snapshot, if it has one now. Not waited for: it goes with the next batch's flush or
+        the close; a lost one is replaced by the next (a snapshot is the whole state, not a change)."""
+        if (snapshot := self.store.snapshot(final)) is not None:
+            topic, key, value = snapshot
+            self.producer.send(self.topic(topic), key=key, value=value)
 
     def tick(self) -> None:
         self.store.tick()
+        self.publish(final=False)
 
     def close(self) -> None:
         # Anything not committed here is in the store or not done at all: a restart finishes it.
         try:
+            self.publish(final=True)
             clients.close_producer(self.producer, timeout=2)  # unsent dead letters: their records were not committed
             self.consumer.close(autocommit=False)
         finally:

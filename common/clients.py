@@ -42,10 +42,18 @@ def admin(settings: Settings) -> KafkaAdminClient:
 
 
 def producer(settings: Settings, client_id: str, *, transactional_id: str | None = None,
-             writes_to: Iterable[str] = ()) -> KafkaProducer:
+             writes_to: Iterable[str] = (), linger_ms: int = 10, answer_within: float | None = None) -> KafkaProducer:
     """The pipeline's producer. `writes_to`: the topics (full names) it will write to, whose metadata it
     fetches now rather than on the first send to each, which would wait for it (about 0.1 s per topic here:
-    the first rides' latency)."""
+    the first rides' latency). `answer_within`: api.py's, see below."""
+    deadlines = {}
+    if answer_within is not None:
+        # api.py answers each POST within answer_within s: the producer gives up on a ride a little earlier, so
+        # that a 503 (not accepted) is not followed by the ride being written after all; send() never blocks
+        # the event loop for long (it would block every request): a full buffer fails at once.
+        delivery_ms = int(answer_within * 1000) - 250
+        deadlines = {"delivery_timeout_ms": delivery_ms, "request_timeout_ms": delivery_ms - linger_ms - 1,
+                     "max_block_ms": 100}
     p = KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=client_id,
@@ -56,8 +64,9 @@ def producer(settings: Settings, client_id: str, *, transactional_id: str | None
         # the pipeline's guarantees rest on them.)
         acks="all",
         enable_idempotence=True,
-        # Wait up to 10 ms to fill a batch: one request then carries many rides instead of one.
-        linger_ms=10,
+        # Wait up to 10 ms to fill a batch: one request then carries many rides instead of one (api.py: 5 ms,
+        # each request waits for its ride's batch).
+        linger_ms=linger_ms,
         # Batches of up to 128 KiB instead of 16 KiB: kafka-python wakes its I/O thread (a syscall) on nearly
         # every send once a partition has a full batch queued; bigger batches fill less often, and the
         # wakeups halve (issue 9: rides.py 1.68x as fast, transaction.py 1.36x, a raw producer 1.64x).
@@ -76,6 +85,7 @@ def producer(settings: Settings, client_id: str, *, transactional_id: str | None
         retry_backoff_ms=20 if transactional_id else 100,
         # Kafka's default partitioner (murmur2 of the key), at less than half the cost of kafka-python's.
         partitioner=KeyPartitioner(),
+        **deadlines,
     )
     _throttle_metadata_requests(p)
     try:
@@ -270,8 +280,10 @@ def create_topics(admin: KafkaAdminClient, settings: Settings, names: list[str] 
     wanted = {settings.topic(n): topics.PARTITIONS[n] for n in (names or topics.PARTITIONS)}
     existing = set(admin.list_topics())
     missing = {t: p for t, p in wanted.items() if t not in existing}
+    configs = {settings.topic(n): c for n, c in topics.CONFIGS.items()}
     if missing:
-        _create(admin, {t: {"num_partitions": p, "replication_factor": -1} for t, p in missing.items()})
+        _create(admin, {t: {"num_partitions": p, "replication_factor": -1, "configs": configs.get(t, {})}
+                        for t, p in missing.items()})
 
 
 def create_decided_topic(admin: KafkaAdminClient, settings: Settings, group_id: str, retention_ms: int) -> str:

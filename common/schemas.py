@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Annotated, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -122,6 +122,18 @@ class RideRejected(Message):
     reason: Annotated[str, Field(min_length=1, max_length=500)]
     rejected_at: Timestamp
     request: RideRequest
+
+
+class StatsSnapshot(BaseModel):
+    """On ride_stats, keyed by the analysis group: analysis.py's statistics as of a saved batch (api.py's /stats).
+    Not a ride: no ride_id. `stats` is common.stats.Stats' JSON object, validated by its reader."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    group: Annotated[str, Field(min_length=1, max_length=200)]
+    saved_at: Timestamp
+    stats: dict[str, Any]
 
 
 M = TypeVar("M", bound=Message)

@@ -108,3 +108,27 @@ class TransformSettings(ConsumerSettings):
     @property
     def transactional_id(self) -> str:
         return f"{self.topic_prefix}{self.group_id}-{self.instance}"
+
+
+class ApiSettings(ServiceSettings):
+    """api.py's: where it serves HTTP, how long a POST waits for Kafka, and what its view of the rides keeps."""
+
+    host: str = Field("127.0.0.1", min_length=1, json_schema_extra={"metavar": "HOST"},
+                      description="the address to serve HTTP on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=0, le=65535, json_schema_extra={"metavar": "PORT"},
+                      description="the port to serve HTTP on; 0 picks a free one (logged with the URL)")
+    ack_timeout: float = Field(5.0, ge=1, le=60, json_schema_extra={"metavar": "SECONDS"},
+                               description="how long POST /rides waits for Kafka to acknowledge a ride before it "
+                                           "answers 503 (the producer gives up on the ride by then too)")
+    history_minutes: float = Field(60.0, ge=0, le=7 * 24 * 60, json_schema_extra={"metavar": "MINUTES"},
+                                   description="at start, read the rides of the last MINUTES into the view, so that "
+                                               "GET /rides/{id} knows them")
+    view_rides: int = Field(100_000, ge=100, le=10_000_000, json_schema_extra={"metavar": "N"},
+                            description="the most rides the view keeps (the oldest are forgotten first)")
+    groups: str = Field("transaction,email,analysis", pattern=r"^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$",
+                        json_schema_extra={"metavar": "G1,G2,..."},
+                        description="the consumer groups whose lag the live page shows")
+
+    @property
+    def lag_groups(self) -> list[str]:
+        return self.groups.split(",")

@@ -76,8 +76,36 @@ class Stats:
     def from_json(cls, text: str) -> Stats:
         return TypeAdapter(cls).validate_json(text)
 
+    @classmethod
+    def from_json_object(cls, obj: dict) -> Stats:
+        """From to_json()'s object already parsed (ride_stats' snapshots carry it inside their own JSON)."""
+        return TypeAdapter(cls).validate_python(obj)
+
 
 def load_state(path: Path) -> tuple[Stats, dict[TopicPartition, int]]:
     """The statistics and offsets analysis.py saved in a state file, read-only (while it runs, too)."""
     text, offsets = stores.load_state(path)
     return (Stats.from_json(text) if text else Stats()), offsets
+
+
+def public(stats: Stats, now: datetime, minutes: int = 15, zones: int = 20) -> dict:
+    """The statistics as api.py serves them (GET /stats, the live page): totals, the busiest pickup zones and
+    rides per minute over the `minutes` one-minute windows up to `now` (oldest first; an idle minute is 0)."""
+    currency = next(iter(stats.currencies)) if len(stats.currencies) == 1 else None
+
+    def money(amount: Decimal | None) -> str | None:
+        # A mean fare means something in one currency only; exact, as a string (JSON numbers are floats).
+        return None if amount is None or len(stats.currencies) > 1 else str(amount)
+
+    def eta(t: Totals) -> float | None:
+        return None if t.mean_eta is None else round(t.mean_eta, 2)
+
+    busiest = sorted(stats.zones.items(), key=lambda zt: (-zt[1].rides, zt[0]))[:zones]
+    windows = [minute_key(now - i * ONE_MINUTE) for i in reversed(range(minutes))]
+    return {
+        "rides": stats.all.rides, "mean_eta_min": eta(stats.all), "mean_fare": money(stats.all.mean_fare),
+        "currency": currency, "dead_lettered": stats.dead_lettered,
+        "zones": [{"name": name, "rides": t.rides, "mean_eta_min": eta(t), "mean_fare": money(t.mean_fare)}
+                  for name, t in busiest],
+        "per_minute": [{"minute": w[-5:], "rides": stats.minutes.get(w, 0)} for w in windows],
+    }

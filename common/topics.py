@@ -9,6 +9,7 @@ from __future__ import annotations
 RIDE_DETAILS = "ride_details"      # rides.py -> transaction.py
 RIDE_CONFIRMED = "ride_confirmed"  # transaction.py -> email.py, analysis.py
 RIDE_REJECTED = "ride_rejected"    # transaction.py: requests that cannot be served, with the reason
+RIDE_STATS = "ride_stats"          # analysis.py -> api.py: the latest statistics per analysis group (compacted)
 DLQ_SUFFIX = ".dlq"                # unreadable or invalid records of topic T are set aside in T.dlq
 # transaction.py's memory of decided rides (common.decided), one per consumer group: "<group>-decided-changelog".
 DECIDED_SUFFIX = "-decided-changelog"
@@ -30,4 +31,10 @@ PARTITIONS = {
     RIDE_REJECTED: 3,
     dead_letter_topic(RIDE_DETAILS): 1,
     dead_letter_topic(RIDE_CONFIRMED): 1,
+    RIDE_STATS: 1,
+}
+# Topic settings other than the broker's defaults. ride_stats keeps the latest snapshot per key (the analysis
+# group) forever, and nothing older: a reader that starts any time later finds the current statistics at once.
+CONFIGS = {
+    RIDE_STATS: {"cleanup.policy": "compact"},
 }

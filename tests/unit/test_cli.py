@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import analysis
+import api
 import rides
 import transaction
 from common import cli
@@ -51,7 +52,8 @@ def load_email_script():
 
 em = load_email_script()
 SCRIPTS = {"rides.py": rides.RidesSettings, "transaction.py": transaction.TransactionSettings,
-           "email.py": em.EmailSettings, "analysis.py": analysis.AnalysisSettings}
+           "email.py": em.EmailSettings, "analysis.py": analysis.AnalysisSettings, "api.py": api.ApiSettings}
+CONSUMERS = ("transaction.py", "email.py", "analysis.py")
 # Each script's flags as they were when each had its own argparse code (the contract: keep them), and the
 # metrics flags every long-running script has since (issue 10).
 SHARED = ["--bootstrap-servers HOST:PORT[,...]", "--wait SECONDS", "--topic-prefix PREFIX",
@@ -64,6 +66,8 @@ FLAGS = {
                           "--smtp-user SMTP_USER", "--smtp-password SMTP_PASSWORD", "--smtp-from ADDRESS",
                           "--smtp-allow-plain-login", "--outbox DIR", "--ledger PATH"],
     "analysis.py": SHARED + ["--group-id GROUP_ID", "--state PATH", "--every SECONDS", "--minutes N"],
+    "api.py": SHARED + ["--host HOST", "--port PORT", "--ack-timeout SECONDS", "--history-minutes MINUTES",
+                        "--view-rides N", "--groups G1,G2,..."],
 }
 
 
@@ -102,7 +106,7 @@ def test_email_reads_the_standard_smtp_variables_from_dotenv_too(clean, monkeypa
 
 
 def test_each_consumer_has_its_own_default_group():
-    assert {name: cls().group_id for name, cls in SCRIPTS.items() if name != "rides.py"} \
+    assert {name: SCRIPTS[name]().group_id for name in CONSUMERS} \
         == {"transaction.py": "transaction", "email.py": "email", "analysis.py": "analysis"}
 
 
@@ -191,7 +195,7 @@ def test_the_consumer_group_comes_from_its_flag_only_never_from_a_shared_environ
     # where they would split ride_confirmed's partitions and each silently miss the others' rides.
     monkeypatch.setenv("RIDES_GROUP_ID", "shared")
     (clean / ".env").write_text("RIDES_GROUP_ID=shared-too\n")
-    assert {name: cli.load(cls, []).group_id for name, cls in SCRIPTS.items() if name != "rides.py"} \
+    assert {name: cli.load(SCRIPTS[name], []).group_id for name in CONSUMERS} \
         == {"transaction.py": "transaction", "email.py": "email", "analysis.py": "analysis"}
     assert cli.load(analysis.AnalysisSettings, ["--group-id", "mine"]).group_id == "mine"
     assert cli.load(analysis.AnalysisSettings, ["--group", "short"]).group_id == "short"  # argparse's abbreviation

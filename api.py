@@ -1,0 +1,232 @@
+"""The front door: request a ride over HTTP, ask what became of it, and watch the pipeline on a live page.
+
+    POST /rides            a ride request (JSON) -> 202 {"ride_id", "status", "status_url"} once Kafka has it
+    GET  /rides/{ride_id}  requested, confirmed (driver, ETA, fare) or rejected (reason), with the time of each
+    GET  /stats            analysis.py's live statistics, read from its ride_stats topic
+    GET  /                 the live page: the map, rides per minute, busiest zones, rejections, lag, a form
+    GET  /events           what the page shows, once a second (server-sent events)
+    GET  /healthz, /metrics
+
+Guarantee: a POST answered 202 is in ride_details (idempotent producer, acks=all: as rides.py). A retried POST
+with the same Idempotency-Key (or the same client-chosen ride_id) answers with the same ride and publishes
+nothing new; the same key with a different request is a 409. Anything else not accepted (a 422, 413 or 503)
+published nothing. The statuses come from a view each instance keeps by reading the topics (common.follow),
+so any number of instances answer the same.
+"""
+
+from __future__ import annotations
+
+import common.stdlib_email  # noqa: F401  (first: the project's email.py shadows the stdlib `email` package)
+
+# isort: split
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common import city, cli, front, schemas, topics
+from common.schemas import Email, Identifier, Latitude, Longitude, PersonName, RideRequest
+from common.settings import ApiSettings
+from common.view import REQUESTED, identity
+
+WEB = Path(__file__).resolve().parent / "web"  # the live page's files, served by this service (no CDN)
+CITY = Path(city.__file__).with_name("manhattan.geojson")  # the zones' polygons, as the map draws them
+MAX_BODY = 64 * 1024  # a ride request is a few hundred bytes
+# ride_id = uuid5(this, customer_id + Idempotency-Key): the same key of the same customer is the same ride, on
+# any instance, with no shared state but the topics.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("5f0d3c3e-8a52-4c57-9d0e-6b1a7e2f4c10")
+RETRY_AFTER = "2"  # seconds, with a 503: Kafka outages here last seconds (a broker restart)
+
+
+# ------------------------------------------------------------------------------------------ the domain
+
+
+class Point(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lat: Latitude
+    lon: Longitude
+
+
+class RideForm(BaseModel):
+    """POST /rides' body: a ride request's own fields, less what the service assigns (zones, requested_at).
+    Unknown fields are refused: a misspelt one would otherwise be dropped without a word."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_max_length=1000)
+
+    ride_id: uuid.UUID | None = None
+    customer_id: Identifier
+    customer_email: Email
+    customer_name: PersonName
+    pickup: Point
+    dropoff: Point
+    passengers: Annotated[int, Field(ge=1, le=8)] = 1
+
+
+def form_problem(error: ValidationError) -> str:
+    """What is wrong with a POST's body, in one line naming each field: pydantic's words, except for a pattern's
+    regex, which would say little to a client."""
+    parts = []
+    for e in error.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in e["loc"]) or "body"
+        parts.append(f"{where}: {'not in the expected format' if e['type'] == 'string_pattern_mismatch' else e['msg']}")
+    return schemas.one_line("; ".join(parts))
+
+
+def idempotency_problem(key: str | None) -> str | None:
+    """Why an Idempotency-Key header cannot be used, or None."""
+    if key is not None and not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
+        return "Idempotency-Key: must be 1 to 255 printable ASCII characters"
+    return None
+
+
+def ride_id_for(form: RideForm, idempotency_key: str | None) -> uuid.UUID:
+    """The client's ride_id; else one derived from its Idempotency-Key (a retry gets the same); else a new one."""
+    if form.ride_id is not None:
+        return form.ride_id
+    if idempotency_key is not None:
+        return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{form.customer_id}\n{idempotency_key}")
+    return uuid.uuid4()
+
+
+def request_of(form: RideForm, ride_id: uuid.UUID, now: datetime) -> RideRequest:
+    """The ride request to publish: the form's fields, the service's zones for its points, the time now."""
+    places = {name: schemas.Place(lat=p.lat, lon=p.lon, zone=city.zone_of(p.lat, p.lon))
+              for name, p in (("pickup", form.pickup), ("dropoff", form.dropoff))}
+    return RideRequest(ride_id=ride_id, customer_id=form.customer_id, customer_email=form.customer_email,
+                       customer_name=form.customer_name, passengers=form.passengers, requested_at=now, **places)
+
+
+def accepted(ride_id: str, status: str) -> dict:
+    return {"ride_id": ride_id, "status": status, "status_url": f"/rides/{ride_id}"}
+
+
+def summary(tally) -> str:
+    return tally.line(*front.OUTCOMES)
+
+
+# ------------------------------------------------------------------------------------------ the service
+
+
+def problem(status: int, detail: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
+
+
+def make_app(door: front.Door) -> FastAPI:
+    app = FastAPI(title="Rides on Kafka", max_body_size=MAX_BODY, docs_url="/docs", redoc_url=None)
+    view = door.view
+    latency = Histogram("rides_api_request_seconds", "POST /rides, from its body read to its answer", ["code"],
+                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+                        registry=door.watch.registry)
+
+    @app.post("/rides", status_code=202)
+    async def post_ride(request: Request) -> Response:
+        body = await request.body()
+        started = asyncio.get_running_loop().time()
+        response = await _post(door, body, request.headers.get("idempotency-key"))
+        latency.labels(str(response.status_code)).observe(asyncio.get_running_loop().time() - started)
+        return response
+
+    @app.get("/rides/{ride_id}")
+    async def get_ride(ride_id: str) -> Response:
+        try:
+            known = view.ride(str(uuid.UUID(ride_id)))
+        except ValueError:
+            known = None
+        return JSONResponse(known) if known else problem(404, f"no ride {ride_id[:80]!r} is known here")
+
+    @app.get("/stats")
+    async def get_stats(group: str | None = None) -> dict:
+        return view.public_stats(datetime.now(timezone.utc), group)
+
+    @app.get("/events", response_class=EventSourceResponse)
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        while not door.stopping.is_set():
+            yield ServerSentEvent(event="live", data=view.live(datetime.now(timezone.utc)), retry=2000)
+            try:
+                await asyncio.wait_for(door.stopping.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+
+    @app.get("/city")
+    async def get_city() -> Response:
+        return FileResponse(CITY, media_type="application/geo+json")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        healthy, why = door.watch.health.status()
+        return PlainTextResponse(f"{why}\n", status_code=200 if healthy else 503, headers={"Cache-Control": "no-store"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(door.watch.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+    return app
+
+
+async def _post(door: front.Door, body: bytes, key: str | None) -> Response:
+    """POST /rides: validate, derive the ride_id, answer a retry from the view, else publish and wait for Kafka."""
+    try:
+        form = RideForm.model_validate_json(body)
+    except ValidationError as e:
+        door.tally["invalid"] += 1
+        return problem(422, form_problem(e))
+    if why := idempotency_problem(key):
+        door.tally["invalid"] += 1
+        return problem(422, why)
+    ride = request_of(form, ride_id_for(form, key), datetime.now(timezone.utc))
+    ride_id = str(ride.ride_id)
+    if ride_id in door.pending:  # the same ride is being published right now: wait for that
+        try:
+            await asyncio.shield(door.pending[ride_id])
+        except front.Unavailable as e:
+            door.tally["unavailable"] += 1
+            return problem(503, str(e), **{"Retry-After": RETRY_AFTER})
+    known = door.view.identity_of(ride_id)
+    if known is not None:
+        if known != identity(ride):
+            door.tally["conflicts"] += 1
+            return problem(409, f"ride {ride_id} was already requested with a different request (Idempotency-Key "
+                                f"or ride_id reused)")
+        door.tally["replayed"] += 1
+        status = (door.view.ride(ride_id) or {}).get("status", REQUESTED)
+        return JSONResponse(accepted(ride_id, status), status_code=202,
+                            headers={"Location": f"/rides/{ride_id}", "Idempotent-Replayed": "true"})
+    publication = door.pending[ride_id] = asyncio.ensure_future(
+        door.publish(topics.RIDE_DETAILS, schemas.ride_key(ride.ride_id), schemas.encode(ride)))
+    try:
+        await publication
+    except front.Unavailable as e:
+        door.tally["unavailable"] += 1
+        return problem(503, str(e), **{"Retry-After": RETRY_AFTER})
+    finally:
+        del door.pending[ride_id]
+    door.view.requested(ride)  # known at once here; the follower reads the same record later, and skips it
+    door.tally["accepted"] += 1
+    return JSONResponse(accepted(ride_id, REQUESTED), status_code=202, headers={"Location": f"/rides/{ride_id}"})
+
+
+# ------------------------------------------------------------------------------------------ the script
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = cli.load(ApiSettings, argv, __doc__)
+    return front.run(settings, make_app, summary)
+
+
+if __name__ == "__main__":
+    cli.run(main)

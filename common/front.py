@@ -1,0 +1,198 @@
+"""api.py's plumbing: Kafka behind an HTTP service (FastAPI on uvicorn), started and stopped like every script.
+
+    connect to Kafka (topics, one producer, the follower that keeps the View), as the other scripts do
+    serve HTTP until SIGINT/SIGTERM            # signals flip common.shutdown's flag; uvicorn stops on it
+    finally: flush the producer, stop the follower, close, the summary line
+
+A POST publishes with the same guarantee as rides.py (idempotent producer, acks=all) and answers only once
+the broker has acknowledged the ride: Door.publish() awaits the producer's future without blocking the event
+loop. While Kafka is known to be unreachable it refuses at once (Unavailable: 503), sending nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+
+import uvicorn
+from fastapi import FastAPI
+from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
+
+from common import clients, follow, loop, reachability, topics
+from common.errors import Fatal
+from common.metrics import Watch
+from common.settings import ApiSettings
+from common.shutdown import Shutdown
+from common.view import View
+
+log = logging.getLogger(__name__)
+
+
+# How long the producer waits to fill a batch: each POST waits for its ride's batch, so shorter than the
+# pipeline's 10 ms; under load a batch fills sooner anyway.
+LINGER_MS = 5
+
+
+class Unavailable(Exception):
+    """Kafka did not take the ride: nothing was accepted (HTTP 503, try again later)."""
+
+
+@dataclass
+class Door:
+    """What the HTTP handlers share: the settings, the View, the producer and the counts."""
+
+    settings: ApiSettings
+    view: View
+    producer: KafkaProducer
+    watch: Watch
+    tally: loop.Tally = field(default_factory=loop.Tally)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # ride_id -> the publication of its request under way: a concurrent retry awaits it instead of sending again
+    pending: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        """Send one record to `topic` (a common.topics name) and wait for Kafka's acknowledgement; Unavailable
+        if Kafka is unreachable or does not acknowledge within --ack-timeout."""
+        if reachability.reachable(self.producer) is False:
+            raise Unavailable("Kafka is unreachable")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            sent = self.producer.send(self.settings.topic(topic), key=key, value=value)
+        except KafkaTimeoutError:  # the producer's buffer is full (Kafka slow or away): nothing was taken
+            raise Unavailable("Kafka is not taking rides fast enough") from None
+        # Settled on the producer's I/O thread: hand the outcome to the event loop's thread.
+        settle = done.get_loop().call_soon_threadsafe
+        sent.add_callback(lambda _: settle(_set, done, None))
+        sent.add_errback(lambda error: settle(_set, done, error))
+        try:
+            await asyncio.wait_for(done, self.settings.ack_timeout)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"Kafka did not acknowledge within {self.settings.ack_timeout:g} s") from None
+        except Exception as e:  # the producer gave up: delivery timed out, or Kafka refused the record
+            raise Unavailable(f"Kafka did not take the ride ({type(e).__name__})") from None
+
+
+def _set(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return  # the handler stopped waiting (its timeout)
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, stopped by common.shutdown's flag rather than signal handlers of its own (which would also
+    raise the signal again once stopped)."""
+
+    def __init__(self, config: uvicorn.Config, shutdown: Shutdown) -> None:
+        super().__init__(config)
+        self.stop_flag = shutdown
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def on_tick(self, counter: int) -> bool:  # uvicorn's main loop asks ten times a second
+        if self.stop_flag.requested:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound and listening before uvicorn starts: the URL printed once ready already takes connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise Fatal(f"cannot serve on {host}:{port} ({e.strerror or e}): pick another --port (0: any free one) "
+                    f"or --host") from None
+    sock.listen(2048)
+    return sock
+
+
+def run(settings: ApiSettings, make_app: Callable[[Door], FastAPI], summary: Callable[[loop.Tally], str]) -> int:
+    """Connect to Kafka, serve make_app(door) on --host:--port until SIGINT/SIGTERM, then flush and close."""
+    shutdown = Shutdown.on_signals()
+    # uvicorn's own lines (started, waiting for startup, ...) only at DEBUG: the script says what matters.
+    logging.getLogger("uvicorn.error").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
+    sock = listening_socket(settings.host, settings.port)  # first: a port in use stops it before Kafka is asked
+    watch = loop.watch(settings) or Watch("api.py", "", settings.wait)
+    view = View(settings.view_rides)
+    tally = loop.Tally()
+    producer, follower = None, None
+    try:
+        clients.ensure_topics(settings, shutdown)
+        producer = clients.connect(settings, shutdown, lambda: clients.producer(
+            settings, "api", writes_to=[settings.topic(topics.RIDE_DETAILS)],
+            linger_ms=LINGER_MS, answer_within=settings.ack_timeout), "producer")
+        follower = clients.connect(settings, shutdown, lambda: _started(follow.Follower(
+            settings, view, settings.lag_groups, settings.history_minutes * 60, beat=watch.health.beat)), "follower")
+        door = Door(settings, view, producer, watch, tally)
+        watch.count(door.tally, {key: key for key in OUTCOMES})
+        unlisten = reachability.listen(watch.kafka)
+        app = make_app(door)
+        app.router.lifespan_context = _lifespan(door, sock, follower)
+        config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", log_config=None,
+                                access_log=False, server_header=False, timeout_graceful_shutdown=2)
+        _Server(config, shutdown).run(sockets=[sock])
+        unlisten()
+    finally:
+        watch.stopping("asked to stop (SIGINT/SIGTERM)" if shutdown.requested else "stopped")
+        sock.close()
+        if follower is not None:
+            follower.stop()
+        if producer is not None:
+            clients.close_producer(producer, timeout=3)  # the accepted rides were acknowledged already
+        watch.stop()
+    log.info("summary: %s", summary(tally))
+    return 0
+
+
+# The counts of the summary line, and of rides_processed_total{script="api.py"}.
+OUTCOMES = ("accepted", "replayed", "conflicts", "invalid", "unavailable")
+
+
+def _started(follower: follow.Follower) -> follow.Follower:
+    try:
+        follower.start()
+    except BaseException:
+        follower.stop()
+        raise
+    return follower
+
+
+def _lifespan(door: Door, sock: socket.socket, follower: follow.Follower):
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(_watch_kafka(door))
+        host, port = sock.getsockname()[:2]
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        log.info("serving on %s (the live page; POST /rides, GET /rides/{ride_id}, /stats, /healthz, /metrics)", url)
+        try:
+            yield
+        finally:
+            door.stopping.set()  # the live page's streams end
+            watcher.cancel()
+
+    return lifespan
+
+
+async def _watch_kafka(door: Door) -> None:
+    """One line when the producer loses Kafka and one when it is back; a progress line every 10 s."""
+    last = time.monotonic()
+    while True:
+        reachability.check(door.producer)
+        if time.monotonic() - last >= 10:
+            last = time.monotonic()
+            log.info("progress: %s", door.tally.line(*OUTCOMES))
+        await asyncio.sleep(0.5)

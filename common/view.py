@@ -1,0 +1,184 @@
+"""What api.py knows of the rides: each ride's status as the pipeline's topics tell it, and the live page's figures.
+
+Pure: api.py's follower (common.follow) folds the records of ride_details, ride_confirmed, ride_rejected and
+ride_stats into a View; the HTTP handlers read it. Each API instance keeps its own View from the same topics,
+so any number of them answer the same. Bounded: past `capacity` rides the oldest are forgotten (GET
+/rides/{id} then answers 404 for them, as for a ride requested before the view's window).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import islice
+from typing import Any
+
+from pydantic import ValidationError
+
+from common import stats as stats_module
+from common.schemas import Place, RideConfirmed, RideRejected, RideRequest, StatsSnapshot
+
+REQUESTED, CONFIRMED, REJECTED = "requested", "confirmed", "rejected"
+PICKUPS_SHOWN = 200    # the latest pickups on the live map
+REJECTIONS_SHOWN = 10  # the latest rejections, with their reasons
+
+
+def identity(request: RideRequest) -> tuple:
+    """What makes two requests under one ride_id the same request: everything but when it was sent (a retry is
+    stamped anew) and the zone names (the service names zones from the coordinates). transaction.py's own
+    fingerprint compares the same fields."""
+    return (request.customer_id, request.customer_email, request.customer_name, request.pickup.lat,
+            request.pickup.lon, request.dropoff.lat, request.dropoff.lon, request.passengers)
+
+
+def _place(place: Place) -> dict[str, Any]:
+    return {"lat": place.lat, "lon": place.lon, "zone": place.zone}
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Ride:
+    """One ride as far as the topics have told (an outcome may arrive before its request: topics are read
+    side by side)."""
+
+    ride_id: str
+    status: str = REQUESTED
+    identity: tuple | None = None
+    customer_id: str | None = None
+    requested_at: datetime | None = None
+    pickup: dict[str, Any] | None = None
+    dropoff: dict[str, Any] | None = None
+    decided_at: datetime | None = None
+    outcome: dict[str, Any] | None = None  # the confirmation's driver, ETA and fare, or the rejection's reason
+
+    def to_json(self) -> dict[str, Any]:
+        """GET /rides/{ride_id}'s body."""
+        body: dict[str, Any] = {"ride_id": self.ride_id, "status": self.status, "customer_id": self.customer_id,
+                                "requested_at": _iso(self.requested_at), "pickup": self.pickup,
+                                "dropoff": self.dropoff}
+        if self.status != REQUESTED:
+            body[f"{self.status}_at"] = _iso(self.decided_at)
+            body.update(self.outcome or {})
+        return {k: v for k, v in body.items() if v is not None}
+
+
+class View:
+    """The rides of the window read so far, the latest statistics of each analysis group and each consumer
+    group's lag. Every method takes the lock: the follower's thread writes while the handlers read."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self.lock = threading.Lock()
+        self.rides: OrderedDict[str, Ride] = OrderedDict()  # first seen first
+        self.counts = {REQUESTED: 0, CONFIRMED: 0, REJECTED: 0}
+        self.rejections: deque[dict[str, Any]] = deque(maxlen=REJECTIONS_SHOWN)
+        self.stats: dict[str, tuple[datetime, stats_module.Stats]] = {}  # analysis group -> (saved_at, stats)
+        # consumer group -> (the topic it reads, records behind); None: nothing committed yet
+        self.lag: dict[str, tuple[str | None, int | None]] = {}
+
+    # ------------------------------------------------------------------------------ from the topics
+
+    def _ride(self, ride_id: str) -> Ride:
+        ride = self.rides.get(ride_id)
+        if ride is None:
+            ride = self.rides[ride_id] = Ride(ride_id)
+            if len(self.rides) > self.capacity:
+                self.rides.popitem(last=False)
+        return ride
+
+    def requested(self, request: RideRequest) -> bool:
+        """A request read from ride_details (or just accepted by this instance). False if the ride was known
+        already (a retry, or the record of a ride this instance accepted itself)."""
+        with self.lock:
+            ride = self._ride(str(request.ride_id))
+            if ride.identity is not None:
+                return False
+            ride.identity, ride.customer_id = identity(request), request.customer_id
+            ride.requested_at = request.requested_at
+            ride.pickup, ride.dropoff = _place(request.pickup), _place(request.dropoff)
+            self.counts[REQUESTED] += 1
+            return True
+
+    def confirmed(self, ride: RideConfirmed) -> None:
+        outcome = {"driver_id": ride.driver_id, "pickup_eta_minutes": ride.pickup_eta_minutes,
+                   "fare": str(ride.fare), "currency": ride.currency, "distance_km": ride.distance_km}
+        with self.lock:
+            self._decided(str(ride.ride_id), CONFIRMED, ride.confirmed_at, outcome)
+            known = self.rides[str(ride.ride_id)]
+            # The confirmation's places carry the service's own zones for the coordinates.
+            known.pickup, known.dropoff = _place(ride.pickup), _place(ride.dropoff)
+
+    def rejected(self, ride: RideRejected) -> None:
+        with self.lock:
+            if self._decided(str(ride.ride_id), REJECTED, ride.rejected_at, {"reason": ride.reason}):
+                self.rejections.appendleft({"ride_id": str(ride.ride_id), "reason": ride.reason,
+                                            "at": _iso(ride.rejected_at)})
+            known = self.rides[str(ride.ride_id)]
+            if known.pickup is None:
+                known.pickup, known.dropoff = _place(ride.request.pickup), _place(ride.request.dropoff)
+
+    def _decided(self, ride_id: str, status: str, at: datetime, outcome: dict[str, Any]) -> bool:
+        ride = self._ride(ride_id)
+        if ride.status != REQUESTED:
+            return False  # decided once: a second outcome (at-least-once's repeat) changes nothing
+        ride.status, ride.decided_at, ride.outcome = status, at, outcome
+        self.counts[status] += 1
+        return True
+
+    def stats_saved(self, snapshot: StatsSnapshot) -> bool:
+        """analysis.py's statistics of one group as of a saved batch; False if they cannot be read."""
+        try:
+            parsed = stats_module.Stats.from_json_object(snapshot.stats)
+        except ValidationError:
+            return False
+        with self.lock:
+            known = self.stats.get(snapshot.group)
+            if known is None or known[0] <= snapshot.saved_at:
+                self.stats[snapshot.group] = (snapshot.saved_at, parsed)
+        return True
+
+    def lags(self, lags: dict[str, tuple[str | None, int | None]]) -> None:
+        with self.lock:
+            self.lag = dict(lags)
+
+    # ------------------------------------------------------------------------------ for the handlers
+
+    def ride(self, ride_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            ride = self.rides.get(ride_id)
+            return None if ride is None or ride.identity is None and ride.status == REQUESTED else ride.to_json()
+
+    def identity_of(self, ride_id: str) -> tuple | None:
+        """The identity of the request known under this ride_id, or None if none is known."""
+        with self.lock:
+            ride = self.rides.get(ride_id)
+            return None if ride is None else ride.identity
+
+    def public_stats(self, now: datetime, group: str | None = None) -> dict[str, Any]:
+        """GET /stats: the statistics of `group` (default: the most recently saved of any group)."""
+        with self.lock:
+            if group is not None:
+                chosen = self.stats.get(group)
+            else:
+                chosen = max(self.stats.values(), key=lambda saved: saved[0], default=None)
+            saved_at, stats = chosen if chosen else (None, stats_module.Stats())
+            body = stats_module.public(stats, now)
+        body["updated_at"] = _iso(saved_at)
+        return body
+
+    def live(self, now: datetime) -> dict[str, Any]:
+        """What the live page shows, once a second (GET /events)."""
+        with self.lock:
+            pickups = [{"ride_id": r.ride_id, "lat": r.pickup["lat"], "lon": r.pickup["lon"],
+                        "zone": r.pickup["zone"], "status": r.status, "at": _iso(r.decided_at or r.requested_at)}
+                       for r in islice(reversed(self.rides.values()), PICKUPS_SHOWN) if r.pickup is not None]
+            counts, rejections, lag = dict(self.counts), list(self.rejections), dict(self.lag)
+        return {"at": _iso(now), "counts": counts, "pickups": pickups, "rejections": rejections,
+                "stats": self.public_stats(now),
+                "lag": [{"group": group, "topic": topic, "lag": behind}
+                        for group, (topic, behind) in sorted(lag.items())]}
