@@ -39,7 +39,6 @@ from common.settings import ApiSettings
 from common.view import REQUESTED, identity
 
 WEB = Path(__file__).resolve().parent / "web"  # the live page's files, served by this service (no CDN)
-CITY = Path(city.__file__).with_name("manhattan.geojson")  # the zones' polygons, as the map draws them
 MAX_BODY = 64 * 1024  # a ride request is a few hundred bytes
 # ride_id = uuid5(this, customer_id + Idempotency-Key): the same key of the same customer is the same ride, on
 # any instance, with no shared state but the topics.
@@ -159,7 +158,7 @@ def make_app(door: front.Door) -> FastAPI:
 
     @app.get("/city")
     async def get_city() -> Response:
-        return FileResponse(CITY, media_type="application/geo+json")
+        return FileResponse(city.DATA, media_type="application/geo+json")  # the zones the map draws
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
