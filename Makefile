@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Extra broker arguments, e.g. `make broker ARGS="--fresh"`.
 ARGS ?=
 
-.PHONY: venv test demo broker lint chaos fuzz bench bench-metrics
+.PHONY: venv test demo broker api lint chaos fuzz bench bench-metrics bench-api
 
 venv: $(STAMP)
 
@@ -46,9 +46,18 @@ bench: venv
 bench-metrics: venv
 	$(PY) bench/metrics_cost.py $(ARGS)
 
-# Rides through a real broker, then everything the demo started is stopped.
+# POST /rides at saturation and at 500 and 1,000 requests/s, next to rides.py (bench/api.py). ARGS=--quick: a check.
+bench-api: venv
+	$(PY) bench/api.py $(ARGS)
+
+# Rides through a real broker (and over HTTP through api.py), then everything the demo started is stopped.
+# `make demo ARGS="--keep 300"`: everything keeps running five more minutes, to watch the live page.
 demo: venv
-	$(PY) tools/demo.py
+	$(PY) tools/demo.py $(ARGS)
+
+# The HTTP front door and the live page on http://127.0.0.1:8000/ (a broker must be running: `make broker`).
+api: venv
+	$(PY) api.py $(ARGS)
 
 # A development broker in the foreground on localhost:9092; Ctrl-C stops it.
 broker: venv

@@ -1,4 +1,4 @@
-"""`make demo`: get a Kafka broker, run a few hundred rides through the four scripts, stop everything.
+"""`make demo`: get a Kafka broker, run a few hundred rides through the pipeline's scripts, stop everything.
 
 Where the broker comes from, first match wins:
 1. --bootstrap-servers: that cluster, nothing is started;
@@ -7,9 +7,11 @@ Where the broker comes from, first match wins:
 4. otherwise the local launcher (tools.broker) on port 9092 (any free port if taken), in a temporary
    data folder that is deleted at the end.
 
-Then transaction.py, email.py and analysis.py start, rides.py produces --rides rides, and the demo waits
-until every acknowledged ride is decided (confirmed or rejected), emailed and analysed. It stops the
-consumers with SIGTERM, checks that each exited 0, and reconciles their `summary:` lines. Every run has
+Then transaction.py, email.py, analysis.py and api.py start (the live page's URL is printed), rides.py produces
+--rides rides, a few more are requested over HTTP through api.py (one of them twice, with the same
+Idempotency-Key), and the demo waits until every acknowledged ride is decided (confirmed or rejected), emailed
+and analysed. With --keep S everything keeps running S seconds longer, to look at the page. It stops the
+scripts with SIGTERM, checks that each exited 0, and reconciles their `summary:` lines. Every run has
 its own topic prefix, consumer groups, outbox and analysis state, so reruns against a long-lived broker
 start clean; the run folder (with the .eml files) is kept and its path printed.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -46,11 +49,14 @@ from tools.broker import BrokerError, LocalBroker, metadata_ok, port_is_free, wa
 
 DEFAULT_HOST, DEFAULT_PORT = "localhost", 9092
 CONSUMERS = ("transaction", "email", "analysis")
+SERVICES = (*CONSUMERS, "api")  # what runs until the demo stops it
+API_RIDES = 5  # rides requested over HTTP, through api.py
+API_URL = re.compile(r"serving on (http://\S+)")
 STOP_TIMEOUT = 15.0  # the scripts promise 10 s (docs/architecture.md); a little slack for a busy 2-core machine
 SETTLE_TIMEOUT = 180.0  # from rides.py's exit until every ride is decided, emailed and analysed
 
 _print_lock = threading.Lock()
-_COLOURS = {"demo": "1", "rides": "36", "transaction": "33", "email": "35", "analysis": "32"}
+_COLOURS = {"demo": "1", "rides": "36", "transaction": "33", "email": "35", "analysis": "32", "api": "34"}
 _WIDTH = max(len(name) for name in _COLOURS) + 2  # "[transaction]"
 
 
@@ -213,6 +219,8 @@ class Scripts:
                 self.summaries[name] = cli.parse_summary(line)
             if m := METRICS_LINE.search(line):
                 self.metrics[name] = m[1]
+            if m := API_URL.search(line):
+                self.metrics.setdefault("api-url", m[1])
             emit(name, line)
 
     def finish(self, name: str, timeout: float) -> int:
@@ -368,14 +376,72 @@ def health(url: str) -> str:
         return f"unreachable ({e})"
 
 
-def run_pipeline(scripts: Scripts, bootstrap: str, run_dir: Path, rides: int, rate: float) -> None:
-    """Start the consumers, produce the rides, wait until everything is done, stop, reconcile."""
+def api_url(scripts: Scripts, timeout: float = 60.0) -> str:
+    """The URL api.py serves, once it says it is ready."""
+    deadline = time.monotonic() + timeout
+    while "api-url" not in scripts.metrics:
+        scripts.check_running(("api",))
+        if time.monotonic() > deadline:
+            raise Failed(f"api.py did not say where it serves within {timeout:.0f} s")
+        time.sleep(0.1)
+    return scripts.metrics["api-url"]
+
+
+def http(method: str, url: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    """One JSON request to api.py: (status, body)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+    except (OSError, ValueError) as e:
+        raise Failed(f"{method} {url}: {e}") from None
+
+
+# A few riders of the demo's own, at Manhattan landmarks (and one in Jersey City, which is refused).
+API_TRIPS = (
+    ("Grand Central", (40.7527, -73.9772), "The Met", (40.7794, -73.9632)),
+    ("Times Square", (40.7580, -73.9855), "Wall Street", (40.7069, -74.0113)),
+    ("Washington Square Park", (40.7308, -73.9973), "Columbia University", (40.8075, -73.9626)),
+    ("Jersey City", (40.7178, -74.0431), "Chelsea Market", (40.7420, -74.0048)),
+    ("Apollo Theater", (40.8100, -73.9501), "Central Park Zoo", (40.7678, -73.9718)),
+)
+
+
+def request_over_http(url: str, run_id: str) -> list[str]:
+    """Request API_RIDES rides through api.py (the first twice, with the same Idempotency-Key: one ride); their ids."""
+    ride_ids = []
+    for n, (start, (lat1, lon1), end, (lat2, lon2)) in enumerate(API_TRIPS[:API_RIDES]):
+        body = {"customer_id": f"demo-{n}", "customer_email": f"rider{n}@example.com",
+                "customer_name": f"Demo Rider {n}", "pickup": {"lat": lat1, "lon": lon1},
+                "dropoff": {"lat": lat2, "lon": lon2}, "passengers": 1}
+        key = {"Idempotency-Key": f"{run_id}-{n}"}
+        status, answer = http("POST", f"{url}/rides", body, key)
+        if status != 202:
+            raise Failed(f"POST /rides answered {status}: {answer.get('detail', answer)}")
+        say(f"POST {url}/rides ({start} -> {end}): {status} ride {answer['ride_id']}")
+        if n == 0:  # a retry, as a client whose connection dropped would send: the same ride, nothing new
+            status, again = http("POST", f"{url}/rides", body, key)
+            say(f"POST again with the same Idempotency-Key: {status} ride {again.get('ride_id')} (the same ride)")
+        ride_ids.append(answer["ride_id"])
+    return ride_ids
+
+
+def run_pipeline(scripts: Scripts, bootstrap: str, run_dir: Path, rides: int, rate: float, keep: float) -> None:
+    """Start the consumers and the API, produce the rides, wait until everything is done, stop, reconcile."""
     outbox, state = run_dir / "outbox", run_dir / "analysis.db"
     tag = scripts.topic_prefix  # also the consumer groups' prefix: a reused broker knows none of them
     scripts.start("transaction", "--group-id", f"{tag}transaction")
     scripts.start("email", "--group-id", f"{tag}email", "--outbox", str(outbox))
     scripts.start("analysis", "--group-id", f"{tag}analysis", "--state", str(state), "--every", "2")
+    scripts.start("api", "--port", "0", "--groups", ",".join(f"{tag}{name}" for name in CONSUMERS))
+    url = api_url(scripts)
+    say(f"the live page: {url}/  (rides over HTTP: POST {url}/rides, GET {url}/rides/<ride_id>; {url}/stats)")
     scripts.start("rides", "--count", str(rides), "--rate", f"{rate:g}")
+    via_api = request_over_http(url, tag.strip("."))
 
     try:
         code = scripts.finish("rides", timeout=rides / rate + 120 if rate else 300)
@@ -387,15 +453,24 @@ def run_pipeline(scripts: Scripts, bootstrap: str, run_dir: Path, rides: int, ra
 
     progress = Progress(bootstrap, scripts.topic_prefix, outbox, state)
     try:
-        wait_until_settled(scripts, progress, acknowledged, SETTLE_TIMEOUT)
+        wait_until_settled(scripts, progress, acknowledged + len(via_api), SETTLE_TIMEOUT)
     finally:
         progress.close()
+    for ride_id in via_api:
+        status, ride = http("GET", f"{url}/rides/{ride_id}")
+        outcome = (f"{ride.get('driver_id')}, ETA {ride.get('pickup_eta_minutes')} min, {ride.get('fare')} "
+                   f"{ride.get('currency')}" if ride.get("status") == "confirmed" else ride.get("reason"))
+        say(f"GET /rides/{ride_id}: {status} {ride.get('status', ride.get('detail'))} ({outcome})")
     for name in CONSUMERS:
-        url = scripts.metrics.get(name)
-        say(f"{name}.py: metrics at {url}/metrics, health {health(url)}" if url else f"{name}.py: no metrics URL")
+        metrics = scripts.metrics.get(name)
+        say(f"{name}.py: metrics at {metrics}/metrics, health {health(metrics)}" if metrics else
+            f"{name}.py: no metrics URL")
+    if keep:
+        say(f"everything keeps running for {keep:g} s (--keep): open {url}/ to watch; Ctrl-C stops it all now")
+        time.sleep(keep)
 
-    say("stopping the consumers with SIGTERM")
-    codes = scripts.stop(CONSUMERS)
+    say("stopping the consumers and the API with SIGTERM")
+    codes = scripts.stop(SERVICES)
     bad = {name: code for name, code in codes.items() if code != 0}
     if bad:
         raise Failed("after SIGTERM: " + ", ".join(f"{name}.py exited {code}" for name, code in bad.items()))
@@ -405,10 +480,14 @@ def run_pipeline(scripts: Scripts, bootstrap: str, run_dir: Path, rides: int, ra
     rejected = _number(scripts.summaries, "transaction", "rejected")
     emailed = _number(scripts.summaries, "email", "emailed")
     analysed = _number(scripts.summaries, "analysis", "total")
-    say(f"summary: requested={requested} acknowledged={acknowledged} confirmed={confirmed} rejected={rejected} "
-        f"emailed={emailed} analysed={analysed}")
-    if confirmed + rejected != acknowledged:
-        raise Failed(f"confirmed + rejected = {confirmed + rejected}, but {acknowledged} rides were acknowledged")
+    accepted, replayed = _number(scripts.summaries, "api", "accepted"), _number(scripts.summaries, "api", "replayed")
+    say(f"summary: requested={requested} acknowledged={acknowledged} via_api={accepted} confirmed={confirmed} "
+        f"rejected={rejected} emailed={emailed} analysed={analysed}")
+    if (accepted, replayed) != (len(via_api), 1):
+        raise Failed(f"api.py accepted {accepted} rides and replayed {replayed}: expected {len(via_api)} and 1")
+    if confirmed + rejected != acknowledged + accepted:
+        raise Failed(f"confirmed + rejected = {confirmed + rejected}, but {acknowledged} rides were acknowledged "
+                     f"and {accepted} accepted over HTTP")
     if emailed != confirmed:
         raise Failed(f"{emailed} emails for {confirmed} confirmed rides")
     if analysed != confirmed:
@@ -422,11 +501,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "else one the demo starts)")
     p.add_argument("--rides", type=int, default=200, metavar="N", help="rides to produce (default: 200)")
     p.add_argument("--rate", type=float, default=40, metavar="R", help="rides per second (default: 40)")
+    p.add_argument("--keep", type=float, default=0, metavar="S",
+                   help="keep everything running S seconds once the rides are through, to watch the live page")
     args = p.parse_args(argv)
     if args.rides < 1:
         p.error("--rides must be at least 1")
     if args.rate < 0:
         p.error("--rate must not be negative")
+    if args.keep < 0:
+        p.error("--keep must not be negative")
     return args
 
 
@@ -446,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"run {run_id}: topics and consumer groups prefixed {topic_prefix!r}; outbox {run_dir / 'outbox'}")
             scripts = Scripts(bootstrap, topic_prefix)
             stack.callback(scripts.stop_all)  # runs before the broker stops: scripts first
-            run_pipeline(scripts, bootstrap, run_dir, args.rides, args.rate)
+            run_pipeline(scripts, bootstrap, run_dir, args.rides, args.rate, args.keep)
     except Failed as e:
         print(f"demo: FAILED: {e}", file=sys.stderr, flush=True)
         say(f"emails so far in {run_dir}/outbox; everything the demo started is stopped")

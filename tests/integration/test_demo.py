@@ -56,7 +56,10 @@ def test_demo_runs_rides_through_all_four_scripts_reconciles_and_leaves_nothing_
         numbers = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", re.search(r"^\[demo\] +summary: (.*)$", out,
                                                                                re.MULTILINE).group(1))}
         assert numbers["requested"] >= numbers["acknowledged"] == 60
-        assert numbers["confirmed"] + numbers["rejected"] == 60
+        assert numbers["via_api"] == 5  # requested over HTTP through api.py, one of them twice: one ride
+        assert numbers["confirmed"] + numbers["rejected"] == 60 + 5
+        assert re.search(r"^\[demo\] +the live page: http://127\.0\.0\.1:\d+/ ", out, re.MULTILINE), out[-4000:]
+        assert len(re.findall(r"^\[demo\] +GET /rides/\S+: 200 (confirmed|rejected) ", out, re.MULTILINE)) == 5
         assert numbers["emailed"] == numbers["analysed"] == numbers["confirmed"] > 0
 
         # Metrics on: each consumer's URL on loopback, healthy while it ran.
@@ -69,7 +72,7 @@ def test_demo_runs_rides_through_all_four_scripts_reconciles_and_leaves_nothing_
 
         # Every script it started has exited (and was reaped), and nothing else runs with its topics.
         pids = [int(p) for p in re.findall(r"started \w+\.py, pid (\d+)", out)]
-        assert len(pids) == 4
+        assert len(pids) == 5
         assert not [pid for pid in pids if Path(f"/proc/{pid}").exists() and prefix in
                     (Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))]
         assert processes_mentioning(prefix) == []
