@@ -41,6 +41,10 @@ def load(settings_cls: type[S], argv: Sequence[str] | None = None, doc: str | No
         cli_implicit_flags="toggle",  # a bool that defaults to off is a plain --flag
         cli_parse_none_str="\0")  # no value means None: "null" (the default) is text like any other
     given = flags(args=list(sys.argv[1:] if argv is None else argv))
+    for name in given():
+        if _extra(settings_cls.model_fields[name]).get("env_only") if name in settings_cls.model_fields else False:
+            p.error(f"--{name.replace('_', '-')} is not a flag: a command line is visible to every user of the "
+                    f"machine (`ps`); set {' or '.join(env_names(name, settings_cls.model_fields[name]))} instead")
     # A flag-only setting (a consumer group) takes its flag or its default, never the environment or .env:
     # one RIDES_GROUP_ID would put every consumer in one group. Keyword arguments beat those sources.
     fixed = {name: field.default for name, field in settings_cls.model_fields.items()
@@ -82,6 +86,8 @@ def _flag_adder(settings_cls: type[Settings]) -> Callable[..., argparse.Action]:
             text += f" (default: {shown})"
         if env_names(dest, field):
             text += f" [env: {', '.join(env_names(dest, field))}]"
+        if extra.get("env_only"):  # parsed only to refuse it with a reason (load()); not shown
+            text = argparse.SUPPRESS
         return parser.add_argument("--" + dest.replace("_", "-"), dest=dest, help=text, **kwargs)
 
     return add

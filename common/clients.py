@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -33,9 +33,24 @@ RECONNECT_BACKOFF_MAX_MS = 1000
 METADATA_REQUEST_INTERVAL = 0.1
 
 
+def security(settings: Settings) -> dict[str, Any]:
+    """How every client reaches the cluster: TLS and a SASL login, as the settings say (PLAINTEXT: nothing)."""
+    options: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.security_protocol.endswith("SSL"):
+        # The broker's certificate is checked against the CA, and its name against the address dialled.
+        options.update(ssl_check_hostname=True, ssl_cafile=settings.ssl_cafile and str(settings.ssl_cafile),
+                       ssl_certfile=settings.ssl_certfile and str(settings.ssl_certfile),
+                       ssl_keyfile=settings.ssl_keyfile and str(settings.ssl_keyfile))
+    if settings.security_protocol.startswith("SASL"):
+        options.update(sasl_mechanism=settings.sasl_mechanism, sasl_plain_username=settings.sasl_username,
+                       sasl_plain_password=settings.password)
+    return options
+
+
 def admin(settings: Settings) -> KafkaAdminClient:
     return KafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers,
+        **security(settings),
         client_id="rides-admin",
         bootstrap_timeout_ms=ATTEMPT_TIMEOUT_MS,  # connect() does the waiting, with backoff and a log line
     )
@@ -56,6 +71,7 @@ def producer(settings: Settings, client_id: str, *, transactional_id: str | None
                      "max_block_ms": 100}
     p = KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
+        **security(settings),
         client_id=client_id,
         bootstrap_timeout_ms=ATTEMPT_TIMEOUT_MS,
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
@@ -170,6 +186,7 @@ def consumer(
 ) -> KafkaConsumer:
     c = KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
+        **security(settings),
         client_id=client_id,
         bootstrap_timeout_ms=ATTEMPT_TIMEOUT_MS,
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
@@ -199,6 +216,7 @@ def reader(settings: Settings, client_id: str, isolation_level: str = "read_comm
     changelog restore and the dead-letter tool. It never commits and rebalances nobody."""
     return KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
+        **security(settings),
         client_id=client_id,
         bootstrap_timeout_ms=ATTEMPT_TIMEOUT_MS,
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,

@@ -10,9 +10,10 @@ SMTP_*). Nothing else in the project reads os.environ.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.topics import decided_topic
@@ -53,6 +54,64 @@ class Settings(BaseSettings):
                               description="prepended to every topic name, to run side by side on one cluster")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="DEBUG also shows kafka-python's logs and tracebacks")
+    # How to reach a secured cluster (a managed service: SASL_SSL with a login; mTLS: SSL with a client
+    # certificate). The password never comes from a flag (any user sees a command line in `ps`).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how to talk to Kafka: SSL (TLS), SASL_SSL (TLS and a login: most managed services), "
+                                 "SASL_PLAINTEXT (a login without TLS), PLAINTEXT")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="the SASL login's mechanism, with SASL_SSL or SASL_PLAINTEXT")
+    sasl_username: str | None = Field(None, min_length=1, json_schema_extra={"metavar": "USER"},
+                                      description="the SASL login's user name (default: none)")
+    sasl_password: SecretStr | None = Field(
+        None, min_length=1, json_schema_extra={"env_only": True},
+        description="the SASL login's password: environment or .env only, never a flag (default: none)")
+    sasl_password_file: Path | None = Field(None, json_schema_extra={"metavar": "PATH"},
+                                            description="a file holding the SASL password (default: none)")
+    ssl_cafile: Path | None = Field(None, json_schema_extra={"metavar": "PEM"},
+                                    description="the CA certificate(s) the brokers' certificates are checked against "
+                                                "(default: the system's)")
+    ssl_certfile: Path | None = Field(None, json_schema_extra={"metavar": "PEM"},
+                                      description="a client certificate, for brokers that require one (default: none)")
+    ssl_keyfile: Path | None = Field(None, json_schema_extra={"metavar": "PEM"},
+                                     description="the client certificate's private key (default: none)")
+    _password: SecretStr | None = PrivateAttr(None)  # from sasl_password or the file, read once
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> Settings:
+        sasl, tls = self.security_protocol.startswith("SASL"), self.security_protocol.endswith("SSL")
+        if not sasl and (self.sasl_username or self.sasl_password or self.sasl_password_file):
+            raise ValueError(f"a SASL login is set but --security-protocol is {self.security_protocol}: use SASL_SSL "
+                             f"(or SASL_PLAINTEXT)")
+        if not tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile):
+            raise ValueError(f"TLS files are set but --security-protocol is {self.security_protocol}: use SSL or "
+                             f"SASL_SSL")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"--{name.replace('_', '-')}: no such file: {path}")
+        if sasl:
+            if not self.sasl_username:
+                raise ValueError(f"--security-protocol {self.security_protocol} needs --sasl-username")
+            if (self.sasl_password is None) == (self.sasl_password_file is None):
+                raise ValueError(f"--security-protocol {self.security_protocol} needs the password in one of "
+                                 f"RIDES_SASL_PASSWORD or --sasl-password-file")
+            if self.sasl_password_file is not None:
+                try:
+                    text = self.sasl_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+                except (OSError, UnicodeDecodeError) as e:
+                    raise ValueError(f"--sasl-password-file: cannot read {self.sasl_password_file}: {e}") from None
+                if not text:
+                    raise ValueError(f"--sasl-password-file: {self.sasl_password_file} is empty")
+                self._password = SecretStr(text)
+            else:
+                self._password = self.sasl_password
+        return self
+
+    @property
+    def password(self) -> str | None:
+        """The SASL password, for the clients alone (never logged: the settings show it as '**********')."""
+        return None if self._password is None else self._password.get_secret_value()
 
     def topic(self, name: str) -> str:
         """The real name of one of the topics in common.topics, with this run's prefix."""

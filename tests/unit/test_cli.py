@@ -57,7 +57,9 @@ CONSUMERS = ("transaction.py", "email.py", "analysis.py")
 # Each script's flags as they were when each had its own argparse code (the contract: keep them), and the
 # metrics flags every long-running script has since (issue 10).
 SHARED = ["--bootstrap-servers HOST:PORT[,...]", "--wait SECONDS", "--topic-prefix PREFIX",
-          "--log-level {DEBUG,INFO,WARNING,ERROR}", "--metrics-port PORT", "--metrics-host HOST"]
+          "--log-level {DEBUG,INFO,WARNING,ERROR}", "--security-protocol {PLAINTEXT,SSL,SASL_PLAINTEXT,SASL_SSL}",
+          "--sasl-mechanism {PLAIN,SCRAM-SHA-256,SCRAM-SHA-512}", "--sasl-username USER", "--sasl-password-file PATH",
+          "--ssl-cafile PEM", "--ssl-certfile PEM", "--ssl-keyfile PEM", "--metrics-port PORT", "--metrics-host HOST"]
 FLAGS = {
     "rides.py": SHARED + ["--count N", "--rate R", "--seed S"],
     "transaction.py": SHARED + ["--group-id GROUP_ID", "--guarantee {exactly-once,at-least-once}",
@@ -112,7 +114,10 @@ def test_each_consumer_has_its_own_default_group():
 
 def test_one_dotenv_holds_every_scripts_settings(clean):
     # Each script's own lines apply; the other scripts' lines are not errors.
-    (clean / ".env").write_text(ENV_EXAMPLE.read_text().replace("# RIDES_", "RIDES_").replace("# SMTP_", "SMTP_"))
+    # (Not the secured cluster's example lines: a login with PLAINTEXT, or files that do not exist here, are refused
+    # as they should be; test_security_settings covers them.)
+    lines = ENV_EXAMPLE.read_text().replace("# RIDES_", "RIDES_").replace("# SMTP_", "SMTP_").splitlines()
+    (clean / ".env").write_text("\n".join(line for line in lines if not line.startswith(("RIDES_SASL", "RIDES_SSL"))))
     for cls in SCRIPTS.values():
         cli.load(cls, [])
     assert cli.load(rides.RidesSettings, []).count == 1000
@@ -208,3 +213,44 @@ def test_null_is_text_like_any_other_value_not_none(clean):
     assert cli.load(em.EmailSettings, ["--smtp-host", "null"]).smtp_host == "null"
     with pytest.raises(SystemExit):
         cli.load(rides.RidesSettings, ["--seed", "null"])
+
+
+# ------------------------------------------------------------------------------ a secured cluster
+
+
+def test_a_secured_cluster_takes_its_login_from_the_environment_or_a_file_never_a_flag(clean, monkeypatch, capsys):
+    monkeypatch.setenv("RIDES_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("RIDES_SASL_USERNAME", "rides")
+    monkeypatch.setenv("RIDES_SASL_PASSWORD", "s3cret-value")
+    s = cli.load(rides.RidesSettings, [])
+    assert (s.security_protocol, s.sasl_username, s.password) == ("SASL_SSL", "rides", "s3cret-value")
+    assert "s3cret-value" not in repr(s) and "s3cret-value" not in str(s.model_dump())
+    from common import clients
+
+    options = clients.security(s)
+    assert options["sasl_plain_password"] == "s3cret-value" and options["ssl_check_hostname"] is True
+    with pytest.raises(SystemExit):
+        cli.load(rides.RidesSettings, ["--sasl-password", "s3cret-value"])
+    assert "--sasl-password is not a flag" in capsys.readouterr().err
+    monkeypatch.delenv("RIDES_SASL_PASSWORD")
+    (clean / "pw").write_text("from-a-file\n")
+    assert cli.load(rides.RidesSettings, ["--sasl-password-file", str(clean / "pw")]).password == "from-a-file"
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"RIDES_SECURITY_PROTOCOL": "SASL_SSL", "RIDES_SASL_PASSWORD": "pw-9f3c"}, "needs --sasl-username"),
+    ({"RIDES_SECURITY_PROTOCOL": "SASL_SSL", "RIDES_SASL_USERNAME": "u"}, "needs the password in one of"),
+    ({"RIDES_SASL_USERNAME": "u", "RIDES_SASL_PASSWORD": "pw-9f3c"}, "a SASL login is set but --security-protocol is "
+                                                               "PLAINTEXT"),
+    ({"RIDES_SECURITY_PROTOCOL": "SSL", "RIDES_SSL_CAFILE": "/no/such/ca.pem"}, "--ssl-cafile: no such file"),
+    ({"RIDES_SSL_CAFILE": "/etc/hostname"}, "TLS files are set but --security-protocol is PLAINTEXT"),
+    ({"RIDES_SECURITY_PROTOCOL": "TLS"}, "--security-protocol (or RIDES_SECURITY_PROTOCOL): Input should be"),
+])
+def test_an_incomplete_security_setting_is_one_line(clean, monkeypatch, capsys, env, says):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as e:
+        cli.load(rides.RidesSettings, [])
+    assert e.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert says in error and "pw-9f3c" not in capsys.readouterr().err + error  # the password is never echoed
