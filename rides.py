@@ -28,7 +28,7 @@ CUSTOMERS = 5000  # the size of the customer pool: repeat customers, as in a rea
 # About 2 % of requests ask for a pickup or drop-off outside the service area, so that
 # transaction.py has something to reject.
 OUTSIDE_FRACTION = 0.02
-# Real places beyond the service area's box (New Jersey, Brooklyn, Queens).
+# Real places beyond the service area (New Jersey, Brooklyn, Queens).
 OUTSIDE_PLACES = (
     ("Jersey City", 40.7178, -74.0431),
     ("Hoboken", 40.7440, -74.0324),
@@ -68,11 +68,10 @@ POOL = tuple(customer(n) for n in range(CUSTOMERS))  # made once: a ride picks o
 
 
 def random_place(rng: random.Random) -> dict:
-    """A point anywhere in the service area, named by its zone: a Place's fields."""
-    box = city.SERVICE_AREA
-    lat = round(rng.uniform(box.south, box.north), 6)
-    lon = round(rng.uniform(box.west, box.east), 6)
-    return {"lat": lat, "lon": lon, "zone": city.zone_of(lat, lon)}
+    """A point of the service area drawn from the city's demand (Midtown busiest), named by its zone: a Place's
+    fields."""
+    lat, lon, zone = city.random_point(rng)
+    return {"lat": lat, "lon": lon, "zone": zone}
 
 
 def outside_place(rng: random.Random) -> dict:

@@ -1,7 +1,9 @@
 """rides.py's pure side: the same seed gives the same rides, and every ride is a valid request."""
 
+import itertools
 import random
 import re
+from collections import Counter
 from datetime import datetime, timezone
 from itertools import islice
 
@@ -68,6 +70,19 @@ def test_places_are_named_by_their_zone_and_about_two_percent_are_outside():
         assert sum(inside) >= 1  # at most one end is outside
         outside += not all(inside)
     assert 0.01 * len(sample) < outside < 0.03 * len(sample)
+
+
+def test_every_outside_place_is_outside_whatever_its_jitter():
+    for _name, lat, lon in rides.OUTSIDE_PLACES:
+        for dlat, dlon in itertools.product((-0.003, 0, 0.003), repeat=2):
+            assert not city.in_service_area(lat + dlat, lon + dlon), _name
+
+
+def test_places_follow_the_city_s_demand():
+    zones = Counter(place.zone for ride in take(10, 5000) for place in (ride.pickup, ride.dropoff))
+    midtown = sum(n for zone, n in zones.items() if zone.startswith("Midtown"))
+    assert midtown > 0.25 * 10_000 and zones["Inwood"] < 0.01 * 10_000
+    assert set(zones) - {city.OUTSIDE} == {z.name for z in city.ZONES}
 
 
 def test_timestamps_are_utc_from_the_clock_and_passengers_plausible():
