@@ -55,36 +55,50 @@ class Door:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # ride_id -> the publication of its request under way: a concurrent retry awaits it instead of sending again
     pending: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    # reachability.reachable(producer) is False, as of the event loop's time it was last asked (uvloop's clock
+    # counts whole milliseconds): asked once per millisecond, not once per POST.
+    _unreachable: tuple[float, bool] = (-1.0, False)
 
     async def publish(self, topic: str, key: bytes, value: bytes) -> None:
         """Send one record to `topic` (a common.topics name) and wait for Kafka's acknowledgement; Unavailable
         if Kafka is unreachable or does not acknowledge within --ack-timeout."""
-        if reachability.reachable(self.producer) is False:
+        await self.publication(topic, key, value)
+
+    def publication(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
+        """publish() as a future of the event loop, made at once (no task, no wait_for: POST /rides' hot path):
+        it raises Unavailable now if Kafka is known to be unreachable or the producer's buffer is full, and the
+        future settles with None once Kafka acknowledged the record, or with Unavailable when it did not."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._unreachable[0] != now:
+            self._unreachable = (now, reachability.reachable(self.producer) is False)
+        if self._unreachable[1]:
             raise Unavailable("Kafka is unreachable")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[None] = loop.create_future()
         try:
             sent = self.producer.send(self.settings.topic(topic), key=key, value=value)
         except KafkaTimeoutError:  # the producer's buffer is full (Kafka slow or away): nothing was taken
             raise Unavailable("Kafka is not taking rides fast enough") from None
+        timer = loop.call_later(self.settings.ack_timeout, _expire, done, self.settings.ack_timeout)
         # Settled on the producer's I/O thread: hand the outcome to the event loop's thread.
-        settle = done.get_loop().call_soon_threadsafe
-        sent.add_callback(lambda _: settle(_set, done, None))
-        sent.add_errback(lambda error: settle(_set, done, error))
-        try:
-            await asyncio.wait_for(done, self.settings.ack_timeout)
-        except asyncio.TimeoutError:
-            raise Unavailable(f"Kafka did not acknowledge within {self.settings.ack_timeout:g} s") from None
-        except Exception as e:  # the producer gave up: delivery timed out, or Kafka refused the record
-            raise Unavailable(f"Kafka did not take the ride ({type(e).__name__})") from None
+        sent.add_both(loop.call_soon_threadsafe, _settle, done, timer)
+        return done
 
 
-def _set(future: asyncio.Future[None], error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[None], timer: asyncio.TimerHandle, outcome: object) -> None:
+    """On the event loop: the producer's outcome for one record (its metadata, or the exception it failed with)."""
+    timer.cancel()
     if future.done():
-        return  # the handler stopped waiting (its timeout)
-    if error is None:
-        future.set_result(None)
+        return  # the ack timeout came first: already Unavailable
+    if isinstance(outcome, BaseException):  # the producer gave up: delivery timed out, or Kafka refused it
+        future.set_exception(Unavailable(f"Kafka did not take the ride ({type(outcome).__name__})"))
     else:
-        future.set_exception(error)
+        future.set_result(None)
+
+
+def _expire(future: asyncio.Future[None], seconds: float) -> None:
+    if not future.done():
+        future.set_exception(Unavailable(f"Kafka did not acknowledge within {seconds:g} s"))
 
 
 class _Server(uvicorn.Server):

@@ -23,6 +23,9 @@ from common.schemas import Place, RideConfirmed, RideRejected, RideRequest, Stat
 REQUESTED, CONFIRMED, REJECTED = "requested", "confirmed", "rejected"
 PICKUPS_SHOWN = 200    # the latest pickups on the live map
 REJECTIONS_SHOWN = 10  # the latest rejections, with their reasons
+# The records of rides accepted here that the follower has not read back yet, at most (the oldest forgotten first:
+# the follower then decodes those as any other record).
+OWN_RECORDS = 20_000
 
 
 def identity(request: RideRequest) -> tuple:
@@ -80,6 +83,9 @@ class View:
         self.stats: dict[str, tuple[datetime, stats_module.Stats]] = {}  # analysis group -> (saved_at, stats)
         # consumer group -> (the topic it reads, records behind); None: nothing committed yet
         self.lag: dict[str, tuple[str | None, int | None]] = {}
+        # key -> value of the ride_details records of rides accepted by this instance, until the follower reads
+        # them back (read_back): the follower need not decode a record it knows to be one of those.
+        self.own: dict[bytes, bytes] = {}
 
     # ------------------------------------------------------------------------------ from the topics
 
@@ -91,10 +97,15 @@ class View:
                 self.rides.popitem(last=False)
         return ride
 
-    def requested(self, request: RideRequest) -> bool:
-        """A request read from ride_details (or just accepted by this instance). False if the ride was known
-        already (a retry, or the record of a ride this instance accepted itself)."""
+    def requested(self, request: RideRequest, record: tuple[bytes, bytes] | None = None) -> bool:
+        """A request read from ride_details (or just accepted by this instance: `record` is then the (key, value)
+        it published, see read_back). False if the ride was known already (a retry, or the record of a ride this
+        instance accepted itself)."""
         with self.lock:
+            if record is not None:
+                self.own[record[0]] = record[1]
+                if len(self.own) > OWN_RECORDS:
+                    del self.own[next(iter(self.own))]
             ride = self._ride(str(request.ride_id))
             if ride.identity is not None:
                 return False
@@ -103,6 +114,16 @@ class View:
             ride.pickup, ride.dropoff = _place(request.pickup), _place(request.dropoff)
             self.counts[REQUESTED] += 1
             return True
+
+    def read_back(self, key: bytes | None, value: bytes | None) -> bool:
+        """Whether a ride_details record is, byte for byte, one this instance published for a ride the view still
+        knows: requested() would change nothing for it (the follower skips decoding it). Forgets the record."""
+        with self.lock:
+            mine = self.own.pop(key, None) if key is not None else None
+            if mine is None or mine != value:
+                return False
+            ride = self.rides.get(key.decode())
+            return ride is not None and ride.identity is not None
 
     def confirmed(self, ride: RideConfirmed) -> None:
         outcome = {"driver_id": ride.driver_id, "pickup_eta_minutes": ride.pickup_eta_minutes,
