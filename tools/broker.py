@@ -1,6 +1,7 @@
 """A real Apache Kafka broker (KRaft, one combined broker+controller node) for development and tests.
 
     python -m tools.broker [--port 9092] [--data-dir .kafka/data] [--fresh]
+    python -m tools.broker --nodes 3 [--port 19092] [--data-dir .kafka/cluster] [--fresh]   (tools/cluster.py)
 
 or, from Python:
 
@@ -49,11 +50,18 @@ POM = Path(__file__).resolve().with_name("kafka-runtime.pom.xml")
 CACHE_DIR = PROJECT_ROOT / ".cache" / f"kafka-{KAFKA_VERSION}"
 DEFAULT_DATA_DIR = PROJECT_ROOT / ".kafka" / "data"
 DEFAULT_PORT = 9092
+# A cluster (--nodes N, tools/cluster.py): nodes on 19092, 19093, ... (docker-compose.yml's profile `cluster`
+# publishes the same three), beside a single broker on 9092; each node's data in a folder of this one.
+MAX_NODES = 5
+DEFAULT_CLUSTER_PORT = 19092
+DEFAULT_CLUSTER_DIR = PROJECT_ROOT / ".kafka" / "cluster"
 
 # Written after the jars were copied completely; its absence means "resolve again".
 _MARKER = ".resolved"
 # The launcher's own state in the data dir: ports and cluster id, so a restart gets the same address.
 _STATE = "launcher.json"
+# A cluster's state (tools.cluster), in the folder above its nodes' data dirs; a single node refuses that folder.
+CLUSTER_STATE = "cluster.json"
 # Written to the broker log before each start, so an error quotes only that run's lines.
 _BANNER = "===== tools.broker: starting"
 
@@ -195,6 +203,57 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def lock_dir(path: Path) -> int:
+    """flock() the folder itself (created if missing), without waiting; returns the descriptor, whose close
+    releases it. BrokerError in one line if another launcher holds it."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise BrokerError(
+            f"the data dir {path} is in use by another tools.broker (or its broker is still "
+            "stopping). Fix: stop that one first (its Ctrl-C), or pass another --data-dir"
+        ) from None
+    return fd
+
+
+def empty_dir(path: Path) -> None:
+    """Delete what the folder holds, but keep the folder (a lock may be on it)."""
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+def replication_properties(brokers: int) -> dict[str, str]:
+    """What replication means on a cluster of `brokers` nodes: min(3, brokers) copies of every topic that
+    asks for the broker's default (replication factor -1), internal topics too (committed offsets,
+    transaction state); and, from three brokers, acks=all waits for two of them (min.insync.replicas 2),
+    so one node can go without stopping producers or losing an acknowledged record."""
+    replicas = min(3, max(1, brokers))
+    min_isr = 2 if brokers >= 3 else 1
+    return {
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": str(min_isr),
+        "offsets.topic.replication.factor": str(replicas),
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": str(min_isr),
+        "share.coordinator.state.topic.replication.factor": str(replicas),
+        "share.coordinator.state.topic.min.isr": str(min_isr),
+    }
+
+
+def quorum_voters(voters: dict[int, int]) -> str:
+    """controller.quorum.voters for controllers on 127.0.0.1: "1@127.0.0.1:PORT,2@127.0.0.1:PORT,..."."""
+    return ",".join(f"{node}@127.0.0.1:{port}" for node, port in sorted(voters.items()))
+
+
 # ------------------------------------------------------------------------------------------- watchdog
 
 # Runs as a separate process whose stdin is a pipe from the launcher. It blocks reading it; if the
@@ -238,7 +297,17 @@ class LocalBroker:
         cache_dir: str | Path = CACHE_DIR,
         ready_timeout: float = 90.0,
         stop_timeout: float = 30.0,
+        *,
+        node_id: int = 1,
+        voters: dict[int, int] | None = None,
+        cluster_id: str | None = None,
+        heap: str = HEAP,
     ) -> None:
+        """One node alone by default. A node of a cluster (tools.cluster) gets its node_id, the static
+        controller quorum as `voters` ({node id: controller port}, all on 127.0.0.1, this node's included)
+        and the cluster's id; its replication settings follow the quorum's size."""
+        if voters is not None and node_id not in voters:
+            raise ValueError(f"node {node_id} is not one of the voters {sorted(voters)}")
         self._tmp: tempfile.TemporaryDirectory | None = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="kafka-broker-")
@@ -250,6 +319,10 @@ class LocalBroker:
         self.cache_dir = Path(cache_dir)
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
+        self.node_id = node_id
+        self.voters = dict(voters) if voters is not None else None
+        self.cluster_id = cluster_id
+        self.heap = heap
         self.port: int | None = None
         self.controller_port: int | None = None
         self.proc: subprocess.Popen | None = None
@@ -272,26 +345,31 @@ class LocalBroker:
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, port: int | None = 0, fresh: bool = False) -> str:
+    def start(self, port: int | None = 0, fresh: bool = False, wait: bool = True) -> str:
         """Start the broker and wait until a client can connect; returns "127.0.0.1:PORT".
 
         port=0 picks a free port, or the one this data dir used last time if it is still free.
+        wait=False returns as soon as the JVM runs (a node of a cluster cannot serve before its quorum
+        does): call wait_ready() after.
         """
         if self.is_running():
             raise RuntimeError(f"already running at {self.bootstrap_servers}")
+        if self.proc is not None:  # it died (killed from outside): reap it and retire its watchdog
+            self._stop_jvm()
         dir_lock = self._lock_data_dir()  # first: nothing in a data dir in use may be touched, not even read
+        if self.voters is None and not fresh and (self.data_dir / CLUSTER_STATE).exists():
+            raise BrokerError(
+                f"the data dir {self.data_dir} holds a cluster's data (started with --nodes). Fix: pass its "
+                "--nodes again, another --data-dir, or --fresh to start one broker empty there"
+            )
         java = check_java(self.java_home)
         libs = resolve_libs(self.kafka_home, self.cache_dir)
         if fresh:  # empty it, but keep the folder: the lock is on it
-            for entry in self.data_dir.iterdir():
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+            empty_dir(self.data_dir)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         state = self._load_state()
         self.port, self.controller_port = self._pick_ports(port or 0, state)
-        cluster_id = state.get("cluster_id") or _new_cluster_id()
+        cluster_id = self.cluster_id or state.get("cluster_id") or _new_cluster_id()
         state = {"port": self.port, "controller_port": self.controller_port, "cluster_id": cluster_id}
         self._save_state(state)
         server_properties = self._write_configs()
@@ -299,8 +377,13 @@ class LocalBroker:
         log4j = f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}"
 
         if not (self.data_dir / "meta.properties").exists():
+            # One node: a dynamic quorum of itself (--standalone). A cluster's node: the static quorum of
+            # controller.quorum.voters, which needs no initial-controllers list at format time.
+            quorum = ["--standalone"] if self.voters is None else []
             fmt = subprocess.run(
-                [java, log4j, "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
+                # A one-shot tool: the quick JIT and the small collector start it in half the time.
+                [java, "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", log4j, "-cp", classpath,
+                 "kafka.tools.StorageTool", "format", *quorum,
                  "-t", cluster_id, "-c", str(server_properties)],
                 capture_output=True, text=True, timeout=120,
             )  # fmt: skip
@@ -317,7 +400,7 @@ class LocalBroker:
             # Own session and process group: Ctrl-C in a terminal reaches only the launcher, which then
             # stops the JVM cleanly; and the watchdog can signal the whole group.
             self.proc = proc = subprocess.Popen(
-                [java, f"-Xms{HEAP}", f"-Xmx{HEAP}", "-Djava.awt.headless=true", log4j,
+                [java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-Djava.awt.headless=true", log4j,
                  "-cp", classpath, "kafka.Kafka", str(server_properties)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 # The JVM shares the data dir's lock: if this launcher is killed, the dir stays locked
@@ -336,30 +419,33 @@ class LocalBroker:
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True
-        try:
-            self._wait_ready(proc, self.port)
-        except BaseException:
-            self.stop()
-            raise
-        log.info("Kafka %s ready at %s (pid %d)", KAFKA_VERSION, self.bootstrap_servers, self.proc.pid)
+        if wait:
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop()
+                raise
+            log.info("Kafka %s ready at %s (pid %d)", KAFKA_VERSION, self.bootstrap_servers, proc.pid)
         return self.bootstrap_servers
 
-    def stop(self) -> None:
-        """Stop the JVM: SIGTERM (a clean shutdown), SIGKILL after stop_timeout; free the data dir. Idempotent."""
-        self._stop_jvm()
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the JVM: SIGTERM (a clean shutdown), SIGKILL after `timeout` (default stop_timeout); free the
+        data dir. Idempotent."""
+        self._stop_jvm(timeout)
         if self._dir_lock is not None:
             os.close(self._dir_lock)  # closing the descriptor releases the flock
             self._dir_lock = None
 
-    def _stop_jvm(self) -> None:
+    def _stop_jvm(self, timeout: float | None = None) -> None:
+        timeout = self.stop_timeout if timeout is None else timeout
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(self.stop_timeout)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                log.warning("Kafka did not stop within %.0f s; killing it", self.stop_timeout)
+                log.warning("Kafka%s did not stop within %.0f s; killing it", self._which, timeout)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -409,20 +495,9 @@ class LocalBroker:
         """Hold a flock on the data dir itself for as long as this launcher uses it; returns the descriptor.
         A second launcher on it would rewrite the running broker's configs and port, and its broker would
         corrupt the data."""
-        if self._dir_lock is not None:
-            return self._dir_lock
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.data_dir, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise BrokerError(
-                f"the data dir {self.data_dir} is in use by another tools.broker (or its broker is still "
-                "stopping). Fix: stop that one first (its Ctrl-C), or pass another --data-dir"
-            ) from None
-        self._dir_lock = fd
-        return fd
+        if self._dir_lock is None:
+            self._dir_lock = lock_dir(self.data_dir)
+        return self._dir_lock
 
     def _load_state(self) -> dict:
         try:
@@ -434,6 +509,10 @@ class LocalBroker:
         (self.data_dir / _STATE).write_text(json.dumps(state, indent=2) + "\n")
 
     def _pick_ports(self, port: int, state: dict) -> tuple[int, int]:
+        if self.voters is not None:  # a cluster's node: the cluster chose both (and checked they are free)
+            if not port:
+                raise ValueError("a cluster's node needs its client port")
+            return port, self.voters[self.node_id]
         if port:
             if not port_is_free(port):
                 raise BrokerError(
@@ -455,25 +534,23 @@ class LocalBroker:
     def _write_configs(self) -> Path:
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
+            "node.id": str(self.node_id),
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            # Dynamic quorum (formatted with --standalone): needs this, and controller.quorum.voters unset.
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
-            "log.dirs": str(self.data_dir),
-            "num.partitions": "1",
-            # One node: every internal topic can only have one replica.
-            "offsets.topic.replication.factor": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            # Nobody else is going to join: don't make the first consumer of a group wait 3 s.
-            "group.initial.rebalance.delay.ms": "0",
         }
+        if self.voters is None:
+            # Dynamic quorum (formatted with --standalone): needs this, and controller.quorum.voters unset.
+            props["controller.quorum.bootstrap.servers"] = f"127.0.0.1:{self.controller_port}"
+        else:
+            # A static quorum: every node a voter, each at its fixed controller port.
+            props["controller.quorum.voters"] = quorum_voters(self.voters)
+        props.update({"log.dirs": str(self.data_dir), "num.partitions": "1"})
+        props.update(replication_properties(1 if self.voters is None else len(self.voters)))
+        # Nobody else is going to join: don't make the first consumer of a group wait 3 s.
+        props["group.initial.rebalance.delay.ms"] = "0"
         path = self.data_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         log_path = str(self.log_file).replace("\\", "/")
@@ -490,22 +567,40 @@ class LocalBroker:
         )
         return path
 
-    def _wait_ready(self, proc: subprocess.Popen, port: int) -> None:
-        deadline = time.monotonic() + self.ready_timeout
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until a client can bootstrap from this node; BrokerError if its JVM dies first or time runs out."""
+        proc = self.proc
+        if proc is None or self.port is None:
+            raise RuntimeError("the broker has not been started")
+        started = time.monotonic()
+        deadline = started + (self.ready_timeout if timeout is None else timeout)
         while True:
-            if proc.poll() is not None:
-                raise BrokerError(
-                    f"the broker died while starting (exit {proc.returncode}); last lines of "
-                    f"{self.log_file}: {self.log_tail()}. Fix: see that log; --fresh starts with empty data"
-                )
+            self.check_alive("died while starting")
             if time.monotonic() > deadline:
                 raise BrokerError(
-                    f"the broker did not become ready within {self.ready_timeout:.0f} s; last lines of "
+                    f"the {self._what} did not become ready within {deadline - started:.0f} s; last lines of "
                     f"{self.log_file}: {self.log_tail()}. Fix: see that log; --fresh starts with empty data"
                 )
-            if _accepts_connections(port) and metadata_ok(self.bootstrap_servers):
+            if _accepts_connections(self.port) and metadata_ok(self.bootstrap_servers):
                 return
             time.sleep(0.3)
+
+    def check_alive(self, what: str = "died") -> None:
+        """BrokerError (quoting this run's log) if the JVM started last has exited."""
+        proc = self.proc
+        if proc is not None and proc.poll() is not None:
+            raise BrokerError(
+                f"the {self._what} {what} (exit {proc.returncode}); last lines of "
+                f"{self.log_file}: {self.log_tail()}. Fix: see that log; --fresh starts with empty data"
+            )
+
+    @property
+    def _which(self) -> str:
+        return "" if self.voters is None else f" node {self.node_id}"
+
+    @property
+    def _what(self) -> str:
+        return "broker" if self.voters is None else f"node {self.node_id}"
 
 
 def _accepts_connections(port: int) -> bool:
@@ -567,24 +662,63 @@ def _shorten(text: str, limit: int) -> str:
 # ----------------------------------------------------------------------------------------------- CLI
 
 
+_EPILOG = """\
+--nodes N (2 to 5) runs a cluster on this machine: N JVMs, each a broker and a controller of one quorum, each
+with its own ports (--port P gives them P, P+1, ...; default 19092, 19093, ...), data (DATA_DIR/node-ID) and
+log (DATA_DIR/node-ID.log; DATA_DIR defaults to .kafka/cluster). From three nodes, every topic created with the
+broker's default replication factor, and the internal ones, gets three replicas and min.insync.replicas 2.
+A node that dies is reported in one line and the others keep running; `kill -HUP PID` (the launcher's pid, in
+its ready line) starts every dead node again, on its ports and its data. Ctrl-C or SIGTERM stops them all.
+"""
+
+
+def _nodes(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of nodes") from None
+    if not 1 <= n <= MAX_NODES:
+        raise argparse.ArgumentTypeError(f"{n}: a cluster here has 1 to {MAX_NODES} nodes")
+    return n
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m tools.broker",
-        description=f"Run a real Apache Kafka {KAFKA_VERSION} broker (KRaft, one node) in the foreground.",
+        description=f"Run a real Apache Kafka {KAFKA_VERSION} broker (KRaft, one node), or a cluster of N nodes "
+        "(--nodes N), in the foreground.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="client port (default 9092; 0 = any free)")
     p.add_argument(
-        "--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-        help="topics and offsets live here and survive a restart (default .kafka/data in the project)",
+        "--port", type=int,
+        help=f"client port (default {DEFAULT_PORT}; with --nodes N the first node's, the others' follow: default "
+        f"{DEFAULT_CLUSTER_PORT}; 0 = any free)",
+    )  # fmt: skip
+    p.add_argument(
+        "--data-dir", type=Path,
+        help="topics and offsets live here and survive a restart (default .kafka/data in the project; "
+        "with --nodes N, .kafka/cluster)",
     )  # fmt: skip
     p.add_argument("--log-file", type=Path, help="the broker's log (default: broker.log next to --data-dir)")
     p.add_argument("--fresh", action="store_true", help="delete the data dir first: start empty")
+    p.add_argument(
+        "--nodes", type=_nodes, default=1, metavar="N",
+        help=f"run a cluster of N nodes (1 to {MAX_NODES}; default 1: one broker, as without it)",
+    )  # fmt: skip
     p.add_argument(
         "--cache-dir", type=Path, default=CACHE_DIR,
         help="where Maven-resolved jars are kept (default .cache/kafka-VERSION in the project)",
     )  # fmt: skip
     p.add_argument("--resolve-only", action="store_true", help="check Java, fetch the jars, print where; exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.nodes > 1 and args.log_file is not None:
+        p.error("--log-file is for one broker; a cluster writes node-ID.log in its --data-dir")
+    if args.port is None:
+        args.port = DEFAULT_PORT if args.nodes == 1 else DEFAULT_CLUSTER_PORT
+    if args.data_dir is None:
+        args.data_dir = DEFAULT_DATA_DIR if args.nodes == 1 else DEFAULT_CLUSTER_DIR
+    return args
 
 
 def _on_sigterm(signum, frame):
@@ -595,6 +729,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # the readiness probe's client chatter
+    if args.nodes > 1 and not args.resolve_only:
+        from tools.cluster import run_cluster  # imports this module: imported here, when needed
+
+        return run_cluster(args)
     signal.signal(signal.SIGTERM, _on_sigterm)
     broker = LocalBroker(data_dir=args.data_dir, log_file=args.log_file, cache_dir=args.cache_dir)
     try:
