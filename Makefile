@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Extra broker arguments, e.g. `make broker ARGS="--fresh"`.
 ARGS ?=
 
-.PHONY: venv test demo broker api lint chaos fuzz bench bench-metrics bench-api
+.PHONY: venv test demo broker cluster api lint chaos fuzz bench bench-metrics bench-api
 
 venv: $(STAMP)
 
@@ -62,6 +62,11 @@ api: venv
 # A development broker in the foreground on localhost:9092; Ctrl-C stops it.
 broker: venv
 	$(PY) -m tools.broker $(ARGS)
+
+# A three-node cluster (replication 3, min.insync.replicas 2) on 127.0.0.1:19092-19094; a node killed from outside
+# is reported and the others keep running; `kill -HUP <launcher pid>` starts it again; Ctrl-C stops them all.
+cluster: venv
+	$(PY) -m tools.broker --nodes 3 $(ARGS)
 
 # ruff, then mypy with the pydantic plugin (pyproject.toml). email.py on its own: in the first run `email` is
 # the standard library's package, which our email.py would shadow.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tools import broker
+from tools.cluster import NODE_HEAP
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -384,3 +386,75 @@ def test_the_foreground_cluster_reports_a_dead_node_once_keeps_the_others_and_re
     assert len(rest) == 6, "each death is reported once, and a failed restart is not reported again as a death"
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
 
+
+# The compose profile `cluster`: the same three nodes for Docker users (read as tests/unit/test_compose.py reads
+# the other services; no Docker engine needed).
+
+CLUSTER_SERVICES = ["kafka-1", "kafka-2", "kafka-3"]
+
+
+def _compose():
+    from tests.unit import test_compose
+
+    return test_compose
+
+
+def _listeners(value: str) -> dict[str, str]:
+    """"A://h:1,B://h:2" -> {"A": "h:1", "B": "h:2"}"""
+    return dict(item.split("://", 1) for item in value.split(","))
+
+
+def test_the_cluster_profile_has_three_kafka_nodes_of_the_launchers_version_only_with_its_profile():
+    compose = _compose()
+    for name in CLUSTER_SERVICES:
+        assert name in compose.SERVICES, f"docker-compose.yml has no service {name}"
+        assert compose._setting("image", name) == f"apache/kafka:{broker.KAFKA_VERSION}"
+        assert re.findall(r"^    profiles: (.+)$", compose.SERVICES[name], re.MULTILINE) == ['["cluster"]']
+        assert compose._setting("KAFKA_PROCESS_ROLES", name) == "broker,controller"
+        assert compose._setting("KAFKA_HEAP_OPTS", name) == f"-Xms{NODE_HEAP} -Xmx{NODE_HEAP}"
+
+
+def test_the_cluster_nodes_are_one_quorum_with_one_cluster_id():
+    compose = _compose()
+    ids = {compose._setting("CLUSTER_ID", name) for name in CLUSTER_SERVICES}
+    assert len(ids) == 1 and ids != {compose._setting("CLUSTER_ID")}, "one id, not the single broker's"
+    voters = {compose._setting("KAFKA_CONTROLLER_QUORUM_VOTERS", name) for name in CLUSTER_SERVICES}
+    assert voters == {"1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    for i, name in enumerate(CLUSTER_SERVICES, 1):
+        assert compose._setting("KAFKA_NODE_ID", name) == str(i)
+        listeners = _listeners(compose._setting("KAFKA_LISTENERS", name))
+        assert listeners["CONTROLLER"] == "0.0.0.0:9093", "the voters' port, reachable from the other nodes"
+
+
+def test_each_cluster_node_is_published_on_the_loopback_at_the_launchers_ports_and_advertised_there():
+    compose = _compose()
+    for i, name in enumerate(CLUSTER_SERVICES):
+        host_port = broker.DEFAULT_CLUSTER_PORT + i  # 19092, 19093, 19094: what `--nodes 3` uses by default
+        listeners = _listeners(compose._setting("KAFKA_LISTENERS", name))
+        advertised = _listeners(compose._setting("KAFKA_ADVERTISED_LISTENERS", name))
+        container_port = listeners["EXTERNAL"].rsplit(":", 1)[1]
+        assert compose._list("ports", name) == [f"127.0.0.1:{host_port}:{container_port}"]
+        assert advertised["EXTERNAL"] == f"localhost:{host_port}", "clients on the host are sent back to it"
+        # The other nodes reach this one on the compose network, by its service name.
+        assert advertised["INTERNAL"] == f"{name}:{listeners['INTERNAL'].rsplit(':', 1)[1]}"
+        assert compose._setting("KAFKA_INTER_BROKER_LISTENER_NAME", name) == "INTERNAL"
+        protocol_map = compose._setting("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", name)
+        protocols = dict(p.split(":") for p in protocol_map.split(","))
+        assert set(protocols) == set(listeners) and set(protocols.values()) == {"PLAINTEXT"}
+        [healthcheck] = re.findall(r"^\s+test: (.+)$", compose.SERVICES[name], re.MULTILINE)
+        assert f"--bootstrap-server {advertised['INTERNAL']} " in healthcheck
+
+
+def test_the_cluster_nodes_replicate_like_the_launchers():
+    compose = _compose()
+    expected = {"KAFKA_" + k.upper().replace(".", "_"): v for k, v in broker.replication_properties(3).items()}
+    for name in CLUSTER_SERVICES:
+        assert {k: compose._setting(k, name) for k in expected} == expected, name
+
+
+def test_each_cluster_node_keeps_its_data_in_a_volume_of_its_own():
+    compose = _compose()
+    for name in CLUSTER_SERVICES:
+        assert compose._list("volumes", name) == [f"{name}-data:/var/lib/kafka/data"]
+        assert compose._setting("KAFKA_LOG_DIRS", name) == "/var/lib/kafka/data"
+        assert re.search(rf"^volumes:\n(?:\s+[\w-]+:\n)*\s+{name}-data:", compose.COMPOSE, re.MULTILINE)

@@ -86,7 +86,8 @@ def test_every_published_port_is_on_the_loopback_interface_only():
 def test_plain_up_starts_only_kafka_and_the_observability_profile_adds_prometheus_and_grafana():
     # A service with a profile starts only when its profile is asked for; one without always does.
     profiles = {name: re.findall(r"^    profiles: (.+)$", block, re.MULTILINE) for name, block in SERVICES.items()}
-    assert profiles == {"kafka": [], "prometheus": ['["observability"]'], "grafana": ['["observability"]']}
+    cluster = {f"kafka-{i}": ['["cluster"]'] for i in (1, 2, 3)}  # the profile `cluster`: test_broker_cli.py
+    assert profiles == {"kafka": [], "prometheus": ['["observability"]'], "grafana": ['["observability"]'], **cluster}
 
 
 def test_observability_images_are_pinned_to_a_release():
