@@ -293,6 +293,16 @@ def ensure_decided_topic(settings: Settings, shutdown: Shutdown, group_id: str, 
 # ------------------------------------------------------------------------------------ topics
 
 
+def replication(admin: KafkaAdminClient) -> tuple[int, dict[str, str]]:
+    """The replication factor of the pipeline's topics and the configs that go with it: three copies where there
+    are three brokers or more, and min.insync.replicas 2, so that acks=all means two brokers have each record
+    (one may then fail without losing a ride or stopping a producer); on fewer brokers, one copy per broker."""
+    brokers = len(admin.describe_cluster()["brokers"])
+    if brokers >= 3:
+        return 3, {"min.insync.replicas": "2"}
+    return max(brokers, 1), {}
+
+
 def create_topics(admin: KafkaAdminClient, settings: Settings, names: list[str] | None = None) -> None:
     """Create the pipeline's topics that do not exist yet; safe to call from every script at start."""
     wanted = {settings.topic(n): topics.PARTITIONS[n] for n in (names or topics.PARTITIONS)}
@@ -300,8 +310,9 @@ def create_topics(admin: KafkaAdminClient, settings: Settings, names: list[str] 
     missing = {t: p for t, p in wanted.items() if t not in existing}
     configs = {settings.topic(n): c for n, c in topics.CONFIGS.items()}
     if missing:
-        _create(admin, {t: {"num_partitions": p, "replication_factor": -1, "configs": configs.get(t, {})}
-                        for t, p in missing.items()})
+        factor, replicated = replication(admin)
+        _create(admin, {t: {"num_partitions": p, "replication_factor": factor,
+                            "configs": {**replicated, **configs.get(t, {})}} for t, p in missing.items()})
 
 
 def create_decided_topic(admin: KafkaAdminClient, settings: Settings, group_id: str, retention_ms: int) -> str:
@@ -324,7 +335,9 @@ def create_decided_topic(admin: KafkaAdminClient, settings: Settings, group_id: 
         "segment.ms": str(min(retention_ms, 3_600_000)),
     }
     if topic not in counts:
-        _create(admin, {topic: {"num_partitions": counts[source], "replication_factor": -1, "configs": configs}})
+        factor, replicated = replication(admin)
+        _create(admin, {topic: {"num_partitions": counts[source], "replication_factor": factor,
+                                "configs": {**replicated, **configs}}})
     elif counts[topic] != counts[source]:
         raise ValueError(f"{topic} has {counts[topic]} partitions and {source} {counts[source]}: they must match "
                          f"(partition p remembers the rides of partition p); delete {topic} to start it afresh")
@@ -343,7 +356,7 @@ def _create(admin: KafkaAdminClient, specs: dict[str, dict]) -> None:
         message = f"cannot create topic {result['name']}: {result.get('error_message')}"
         if error is InvalidReplicationFactorError:
             # A broker that is (re)starting answers "only 0 broker(s) are registered" for a moment; the
-            # replication factor asked for is the cluster's default, so that is a pause: retried (connect).
+            # replication factor asked for is what the cluster's brokers allow, so that is a pause: retried (connect).
             raise KafkaTimeoutError(message)
         raise error(message)
     admin.wait_for_topics(list(specs))

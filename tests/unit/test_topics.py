@@ -16,6 +16,9 @@ class Admin:
     def list_topics(self):
         return []
 
+    def describe_cluster(self):
+        return {"brokers": [{"node_id": 1}]}
+
     def create_topics(self, specs, raise_errors=False):
         return {"topics": [{"name": n, "error_code": self.code, "error_message": self.message} for n in specs]}
 
@@ -32,3 +35,34 @@ def test_a_real_refusal_is_not_retried():
     admin = Admin(TopicAuthorizationFailedError.errno, "not authorized")
     with pytest.raises(TopicAuthorizationFailedError):
         clients.create_topics(admin, Settings(), [topics.RIDE_DETAILS])
+
+
+class Cluster:
+    """Records what create_topics asks of a cluster of `brokers` brokers."""
+
+    def __init__(self, brokers: int) -> None:
+        self.brokers, self.specs = brokers, {}
+
+    def list_topics(self):
+        return []
+
+    def describe_cluster(self):
+        return {"brokers": [{"node_id": n} for n in range(self.brokers)]}
+
+    def create_topics(self, specs, raise_errors=False):
+        self.specs.update(specs)
+        return {"topics": [{"name": n, "error_code": 0} for n in specs]}
+
+    def wait_for_topics(self, names):
+        pass
+
+
+@pytest.mark.parametrize(("brokers", "factor", "min_isr"), [(1, 1, None), (2, 2, None), (3, 3, "2"), (5, 3, "2")])
+def test_topics_have_three_copies_and_two_in_sync_where_there_are_three_brokers(brokers, factor, min_isr):
+    cluster = Cluster(brokers)
+    clients.create_topics(cluster, Settings())
+    assert set(cluster.specs) == set(topics.PARTITIONS)
+    for name, spec in cluster.specs.items():
+        assert spec["replication_factor"] == factor, name
+        assert spec["configs"].get("min.insync.replicas") == min_isr, name
+    assert cluster.specs[topics.RIDE_STATS]["configs"]["cleanup.policy"] == "compact"
