@@ -75,7 +75,8 @@ def decode(model: type[M], record: ConsumerRecord) -> M:
     """schemas.decode of a polled record; a stand-in for an unreadable one raises its own reason."""
     for key, value in record.headers or []:
         if key == UNREADABLE and record.value == b"" and record.key is None:
-            raise PoisonRecord(value.decode(errors="replace"))
+            # Any producer can write this header too, with no value at all: still this record's reason, one line.
+            raise PoisonRecord(schemas.one_line(value.decode(errors="replace") if value else "unreadable record"))
     return schemas.decode(model, record.key, record.value)
 
 

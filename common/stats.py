@@ -12,21 +12,27 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from kafka.structs import TopicPartition
-from pydantic import TypeAdapter
+from pydantic import Field, TypeAdapter
 
 from common import stores
 from common.schemas import EPOCH
+
+# Bounds a saved or published state must respect: far beyond any real figure, and small enough that every mean
+# and share computes (a forged snapshot on ride_stats with a 40-digit sum once made api.py's /stats fail).
+Count = Annotated[int, Field(ge=0, le=10**12)]
+Sum = Annotated[int, Field(ge=0, le=10**18)]
 
 
 @dataclass
 class Totals:
     """Rides and their summed ETAs and fares, as integers so that sums are exact in any order."""
 
-    rides: int = 0
-    eta_milli: int = 0   # pickup ETAs in thousandths of a minute
-    fare_cents: int = 0
+    rides: Count = 0
+    eta_milli: Sum = 0   # pickup ETAs in thousandths of a minute
+    fare_cents: Sum = 0
 
     def add(self, eta_milli: int, fare_cents: int) -> None:
         self.rides += 1
@@ -63,9 +69,9 @@ class Stats:
 
     all: Totals = field(default_factory=Totals)
     zones: dict[str, Totals] = field(default_factory=dict)    # by pickup zone
-    minutes: dict[str, int] = field(default_factory=dict)     # "YYYY-MM-DD HH:MM" (UTC, confirmed_at) -> rides
-    currencies: dict[str, int] = field(default_factory=dict)  # a mean fare means something in one currency
-    dead_lettered: int = 0
+    minutes: dict[str, Count] = field(default_factory=dict)   # "YYYY-MM-DD HH:MM" (UTC, confirmed_at) -> rides
+    currencies: dict[str, Count] = field(default_factory=dict)  # a mean fare means something in one currency
+    dead_lettered: Count = 0
 
     def to_json(self) -> str:
         # Saved with every batch: default=vars writes each Totals as its fields where asdict() would first

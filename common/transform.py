@@ -170,7 +170,7 @@ class TransformLoop:
         counts: dict[str, int] = {}  # the output topics' partition counts, looked up once a batch
         for record in records:
             try:  # every step here is pure: whatever fails belongs to this record, which is set aside
-                message = consume.decode(self.model, record)
+                message = record_step("cannot decode", consume.decode, self.model, record)
                 fingerprint = self._first_time(record, message, partitions) if self.fingerprint else None
                 if fingerprint == "":
                     continue

@@ -8,7 +8,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.future import Future
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from common import apply, schemas
+from common import apply, consume, schemas
 from common.dead_letters import REASON, DeadLetters
 from common.errors import Fatal, PoisonRecord, Stopped
 from tests.unit.test_email import ride
@@ -170,3 +170,11 @@ def test_saved_offsets_never_go_backwards():
 def test_offsets_to_commit_are_the_next_to_read():
     from common.consume import next_offsets
     assert next_offsets([record(b"", offset=3), record(b"", offset=4)]) == {TP0: OffsetAndMetadata(5, "", -1)}
+
+
+def test_a_forged_unreadable_header_without_a_value_is_that_records_reason_not_a_crash():
+    # Any producer can write the stand-in's header: with no value it once raised AttributeError in decode, which
+    # stopped the consumer (and api.py's follower) at every restart.
+    forged = ConsumerRecord(TOPIC, 0, -1, 5, 0, 0, None, b"", [(consume.UNREADABLE, None)], None, -1, -1, -1)
+    with pytest.raises(PoisonRecord, match="^unreadable record$"):
+        consume.decode(schemas.RideConfirmed, forged)

@@ -4,8 +4,10 @@ import json
 from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from common.stats import Stats, Totals, minute_key
 from tests.unit.strategies import offsets
@@ -61,3 +63,15 @@ def test_the_state_is_saved_as_the_json_of_its_fields_as_ever(zones, minutes, de
     assert stats.to_json() == json.dumps(asdict(stats), sort_keys=True)
     assert Stats.from_json(stats.to_json()) == stats
     assert a_day_of_statistics().to_json() == json.dumps(asdict(a_day_of_statistics()), sort_keys=True)
+
+
+@pytest.mark.parametrize("hostile", [
+    {"all": {"rides": 1, "eta_milli": 1000, "fare_cents": 10**41}},
+    {"all": {"rides": -3, "eta_milli": 0, "fare_cents": 0}},
+    {"minutes": {"2026-12-02 12:00": -1}},
+    {"all": {"rides": 1, "eta_milli": int("9" * 400), "fare_cents": 0}},
+])
+def test_a_state_out_of_bounds_is_refused_not_served(hostile):
+    # What a forged snapshot on ride_stats carried: it once made every mean fail in api.py's /stats.
+    with pytest.raises(ValidationError):
+        Stats.from_json_object(hostile)
