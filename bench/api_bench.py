@@ -50,7 +50,7 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import percentiles  # noqa: E402
-from runs import PROJECT_ROOT, BenchError, Run, last_line, progress, read_records, run_rides  # noqa: E402
+from runs import PROJECT_ROOT, BenchError, Run, last_line, peak_rss_mb, progress, read_records, run_rides  # noqa: E402
 
 RATES = (500, 1000)  # requests/s: the issue's latency figures
 GOAL_RATE = 2000.0  # accepted rides/s at saturation
@@ -283,6 +283,7 @@ class ApiRun:
     latency_ms: dict[str, float]  # p50, p95, p99, max
     cpu_cores: dict[str, float | None]  # api.py, the generator, the broker (own broker only), the whole machine
     late_ms: float = 0.0  # open loop: the dispatcher's largest delay past a due time
+    api_peak_rss_mb: float | None = None  # api.py's VmHWM once the run is over, just before it is stopped
     answered: int = 0  # rides answered 202, warm-up included: each found once in ride_details
     reconciled: str = ""
 
@@ -300,9 +301,9 @@ class ApiReport:
 ERROR_NAMES = {CONNECTION_ERROR: "connection error", WRONG_RIDE: "202 naming another ride", NO_ANSWER: "no answer"}
 
 
-def start_api(bootstrap: str, prefix: str, work_dir: Path, procs: list) -> tuple[Run, str, int]:
-    """api.py on a free port of 127.0.0.1 and these fresh topics; (it, host, port) once it serves."""
-    api = Run(PROJECT_ROOT, "api.py", "--port", "0", "--host", "127.0.0.1", "--bootstrap-servers", bootstrap,
+def start_api(tree: Path, bootstrap: str, prefix: str, work_dir: Path, procs: list) -> tuple[Run, str, int]:
+    """The tree's api.py on a free port of 127.0.0.1 and these fresh topics; (it, host, port) once it serves."""
+    api = Run(tree, "api.py", "--port", "0", "--host", "127.0.0.1", "--bootstrap-servers", bootstrap,
               "--topic-prefix", prefix, log_dir=work_dir)
     procs.append(api)
     deadline = time.monotonic() + READY_TIMEOUT
@@ -363,12 +364,13 @@ class Generator:
         self.process.wait()
 
 
-def api_run(name: str, bootstrap: str, prefix: str, spec: dict, work_dir: Path, procs: list,
+def api_run(name: str, tree: Path, bootstrap: str, prefix: str, spec: dict, work_dir: Path, procs: list,
             broker_pid: int | None) -> ApiRun:
-    """api.py on fresh topics, warmed up, then driven by the generator as `spec` says; checked afterwards."""
+    """The tree's api.py on fresh topics, warmed up, then driven by the generator as `spec` says; checked
+    afterwards."""
     from common import cli, topics
 
-    api, host, port = start_api(bootstrap, prefix, work_dir, procs)
+    api, host, port = start_api(tree, bootstrap, prefix, work_dir, procs)
     gen = Generator({**spec, "host": host, "port": port}, work_dir)
     procs.append(gen)
     gen.expect("ready", READY_TIMEOUT + spec["warm"] / 100)
@@ -386,6 +388,7 @@ def api_run(name: str, bootstrap: str, prefix: str, spec: dict, work_dir: Path, 
         cpu[k] = (after - before) / wall if before is not None and after is not None else None
     cpu["machine"] = (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1) * (os.cpu_count() or 1)
     results = gen.finish()
+    rss = peak_rss_mb(api.process.pid)
     api.stop()
     summary = cli.parse_summary(api.log())
 
@@ -398,7 +401,7 @@ def api_run(name: str, bootstrap: str, prefix: str, spec: dict, work_dir: Path, 
     cpu["load generator"] = results["cpu_seconds"] / results["seconds"] if results["seconds"] else None
     run = ApiRun(name, spec["mode"], spec.get("rate"), spec["connections"], len(timed), accepted,
                errors, results["seconds"], accepted / results["seconds"] if results["seconds"] else 0.0, shown,
-               cpu, results["late_ms"])
+               cpu, results["late_ms"], rss)
 
     # Every ride answered 202 (warm-up included) in ride_details once, and nothing else; api.py counted them.
     answered = [ride_id for ride_id, s in results["warm"] if s == 202] + [ride_id for ride_id, s, _ in timed
@@ -418,10 +421,11 @@ def api_run(name: str, bootstrap: str, prefix: str, spec: dict, work_dir: Path, 
     return run
 
 
-def machine(kafka_version: str) -> dict[str, str]:
+def machine(kafka_version: str, api_tree: Path) -> dict[str, str]:
     import kafka
 
-    return {"cores": str(os.cpu_count()), "platform": f"{platform.system()} {platform.machine()}",
+    return {"api_tree": "" if api_tree.resolve() == PROJECT_ROOT else str(api_tree),
+            "cores": str(os.cpu_count()), "platform": f"{platform.system()} {platform.machine()}",
             "python": platform.python_version(), "kafka_python": kafka.__version__, "kafka": kafka_version,
             "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()), "load_after": ""}
 
@@ -429,15 +433,15 @@ def machine(kafka_version: str) -> dict[str, str]:
 def bench(args: argparse.Namespace, bootstrap: str, kafka_version: str, broker_pid: int | None, work_dir: Path,
           procs: list) -> ApiReport:
     started = time.monotonic()
-    report = ApiReport(machine(kafka_version))
+    report = ApiReport(machine(kafka_version, args.api_tree))
     run_id = f"bench-api-{os.getpid()}-{int(time.time())}"
     seeds = iter(range(args.seed * 1000, args.seed * 1000 + 100))
 
     def figure(name: str, tag: str, spec: dict) -> None:
         prefix = f"{run_id}-{tag}."
         progress(f"{name}: api.py on --topic-prefix {prefix}")
-        run = api_run(name, bootstrap, prefix, {"warm": args.warm, "seed": next(seeds), **spec}, work_dir, procs,
-                      broker_pid)
+        run = api_run(name, args.api_tree, bootstrap, prefix, {"warm": args.warm, "seed": next(seeds), **spec},
+                      work_dir, procs, broker_pid)
         report.runs.append(run)
         report.checks.append(f"{name}: {run.reconciled}")
         progress(f"{name}: {run.accepted_per_s:,.0f} accepted/s, latency ms {run.latency_ms}, errors {run.errors}")
@@ -508,6 +512,7 @@ def format_table(report: ApiReport) -> str:
         f"Kafka {m['kafka']}",
         f"load average (1 / 5 / 15 min): {m['load_before']} before, {m['load_after']} after; wall time "
         f"{report.wall_seconds:.0f} s",
+        *([f"api.py from {m['api_tree']}"] if m["api_tree"] else []),
         "",
     ]
     table = [("figure", "value", "goal", "met?"), *rows(report)]
@@ -517,8 +522,9 @@ def format_table(report: ApiReport) -> str:
     lines += ["", "each run: requests, errors, CPU in cores while timed (api.py, load generator, broker, machine)"]
     for run in report.runs:
         late = f"; dispatcher at most {run.late_ms:.1f} ms late" if run.mode == "open" else ""
+        rss = f"; api.py peak RSS {run.api_peak_rss_mb:.0f} MB" if run.api_peak_rss_mb else ""
         lines.append(f"  {run.name}: {run.requests:,} requests in {run.seconds:.1f} s, {run.accepted:,} accepted "
-                     f"({run.accepted_per_s:,.0f}/s), errors: {_errors(run)}; CPU {_cores(run)}{late}")
+                     f"({run.accepted_per_s:,.0f}/s), errors: {_errors(run)}; CPU {_cores(run)}{late}{rss}")
     lines.append("")
     lines.extend(f"check: {c}" for c in report.checks)
     return "\n".join(lines)
@@ -545,6 +551,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="rides.py --seed, and the bodies' seeds")
     p.add_argument("--bootstrap-servers", metavar="HOST:PORT",
                    help="use this cluster instead of starting a local broker (default: start one)")
+    p.add_argument("--api-tree", type=Path, default=PROJECT_ROOT, metavar="DIR",
+                   help="run the api.py of this checkout (a `git worktree` of another revision, say), with it as its "
+                        "working directory and PYTHONPATH; rides.py and the generator stay this tree's")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
     p.add_argument("--quick", action="store_true", help="a few seconds per figure: checks the table is produced (CI)")
     p.add_argument("--generate", metavar="SPEC", help=argparse.SUPPRESS)  # the load generator's own process

@@ -36,8 +36,14 @@ def identity(request: RideRequest) -> tuple:
             request.pickup.lon, request.dropoff.lat, request.dropoff.lon, request.passengers)
 
 
-def _place(place: Place) -> dict[str, Any]:
-    return {"lat": place.lat, "lon": place.lon, "zone": place.zone}
+def _place(place: Place) -> tuple[float, float, str]:
+    """A place as the view keeps it: a tuple of atoms, which the garbage collector stops tracking (a dict it would
+    traverse at every full collection, three per ride with the Ride itself: 100,000 rides are 300,000 objects)."""
+    return place.lat, place.lon, place.zone
+
+
+def _place_json(place: tuple[float, float, str] | None) -> dict[str, Any] | None:
+    return None if place is None else {"lat": place[0], "lon": place[1], "zone": place[2]}
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -54,16 +60,16 @@ class Ride:
     identity: tuple | None = None
     customer_id: str | None = None
     requested_at: datetime | None = None
-    pickup: dict[str, Any] | None = None
-    dropoff: dict[str, Any] | None = None
+    pickup: tuple[float, float, str] | None = None  # (lat, lon, zone)
+    dropoff: tuple[float, float, str] | None = None
     decided_at: datetime | None = None
     outcome: dict[str, Any] | None = None  # the confirmation's driver, ETA and fare, or the rejection's reason
 
     def to_json(self) -> dict[str, Any]:
         """GET /rides/{ride_id}'s body."""
         body: dict[str, Any] = {"ride_id": self.ride_id, "status": self.status, "customer_id": self.customer_id,
-                                "requested_at": _iso(self.requested_at), "pickup": self.pickup,
-                                "dropoff": self.dropoff}
+                                "requested_at": _iso(self.requested_at), "pickup": _place_json(self.pickup),
+                                "dropoff": _place_json(self.dropoff)}
         if self.status != REQUESTED:
             body[f"{self.status}_at"] = _iso(self.decided_at)
             body.update(self.outcome or {})
@@ -195,8 +201,8 @@ class View:
     def live(self, now: datetime) -> dict[str, Any]:
         """What the live page shows, once a second (GET /events)."""
         with self.lock:
-            pickups = [{"ride_id": r.ride_id, "lat": r.pickup["lat"], "lon": r.pickup["lon"],
-                        "zone": r.pickup["zone"], "status": r.status, "at": _iso(r.decided_at or r.requested_at)}
+            pickups = [{"ride_id": r.ride_id, "lat": r.pickup[0], "lon": r.pickup[1],
+                        "zone": r.pickup[2], "status": r.status, "at": _iso(r.decided_at or r.requested_at)}
                        for r in islice(reversed(self.rides.values()), PICKUPS_SHOWN) if r.pickup is not None]
             counts, rejections, lag = dict(self.counts), list(self.rejections), dict(self.lag)
         return {"at": _iso(now), "counts": counts, "pickups": pickups, "rejections": rejections,
