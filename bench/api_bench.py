@@ -55,7 +55,7 @@ from runs import PROJECT_ROOT, BenchError, Run, last_line, peak_rss_mb, progress
 RATES = (500, 1000)  # requests/s: the issue's latency figures
 GOAL_RATE = 2000.0  # accepted rides/s at saturation
 GOAL_P99_MS, GOAL_P99_AT = 25.0, 1000  # p99 under 25 ms at 1,000/s
-CONNECTIONS = 64  # saturation's concurrent keep-alive connections (measured: 32 to 128 give the same rate here)
+CONNECTIONS = 64  # saturation's keep-alive connections: 32, 64 and 128 gave the same rate within this machine's noise
 OPEN_LOOP_CONNECTIONS = 64  # the open-loop runs' pool: a due request waits for a free one, and that wait counts
 SECONDS, SATURATION_SECONDS = 15.0, 20.0
 WARM_REQUESTS = 1000  # per api.py, untimed: its first batches, the broker's new topic, the follower catching up
@@ -408,14 +408,15 @@ def api_run(name: str, tree: Path, bootstrap: str, prefix: str, spec: dict, work
                                                                              if s == 202]
     if summary.get("accepted") != len(answered) or summary.get("replayed") != 0:
         raise BenchError(f"{name}: api.py's summary says accepted={summary.get('accepted')} "
-                         f"replayed={summary.get('replayed')}, the generator had {len(answered)} 202s")
+                         f"replayed={summary.get('replayed')}, the generator had {len(answered)} 202s "
+                         f"(errors: {_errors(run)})")
     keys = Counter(r.key.decode() for r in read_records(bootstrap, [prefix + topics.RIDE_DETAILS]))
     expected = Counter(answered)
     if keys != expected:
         missing = sum((expected - keys).values())
         extra = sum((keys - expected).values())
         raise BenchError(f"{name}: ride_details holds {sum(keys.values())} records for {len(answered)} rides "
-                         f"answered 202: {missing} missing, {extra} not answered 202 or twice")
+                         f"answered 202: {missing} missing, {extra} not answered 202 or twice (errors: {_errors(run)})")
     run.answered = len(answered)
     run.reconciled = f"{len(answered):,} rides answered 202 (warm-up included), each in ride_details once, nothing else"
     return run
