@@ -20,6 +20,7 @@ import common.stdlib_email  # noqa: F401  (first: the project's email.py shadows
 
 # isort: split
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
@@ -45,13 +46,14 @@ MAX_BODY = 64 * 1024  # a ride request is a few hundred bytes
 # any instance, with no shared state but the topics.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5f0d3c3e-8a52-4c57-9d0e-6b1a7e2f4c10")
 RETRY_AFTER = "2"  # seconds, with a 503: Kafka outages here last seconds (a broker restart)
+CATCHING_UP = "catching up with the topics after a start: the view does not know every recent ride yet"
 
 
 # ------------------------------------------------------------------------------------------ the domain
 
 
 class Point(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)  # "40.7" or true is no latitude
 
     lat: Latitude
     lon: Longitude
@@ -61,7 +63,7 @@ class RideForm(BaseModel):
     """POST /rides' body: a ride request's own fields, less what the service assigns (zones, requested_at).
     Unknown fields are refused: a misspelt one would otherwise be dropped without a word."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_max_length=1000)
+    model_config = ConfigDict(frozen=True, extra="forbid", str_max_length=1000, strict=True)
 
     ride_id: uuid.UUID | None = None
     customer_id: Identifier
@@ -134,21 +136,35 @@ class RidesApi(FastAPI):
     profile): the very handler, `answer`, run as the route below runs it. Any other POST /rides (no
     Content-Length, chunked, over MAX_BODY: the 413s) and every other request go through FastAPI as usual."""
 
-    answer: Callable[[bytes, str | None], Awaitable[Response]] | None = None
+    answer: Callable[[bytes, str | None, str | None], Awaitable[Response]] | None = None
+    # The names a request may call this service by (its Host header), or None for any: served on loopback, only
+    # loopback's, so that a web page whose domain an attacker points at 127.0.0.1 (DNS rebinding) is refused.
+    hosts: frozenset[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.answer is None or scope["type"] != "http" or scope["path"] != "/rides" or scope["method"] != "POST":
+        if scope["type"] != "http":
             return await super().__call__(scope, receive, send)
         length: int | None = None
         key: str | None = None
+        content_type: str | None = None
+        host = ""
         for name, value in scope["headers"]:  # lower-case names (ASGI); the first of each, as Starlette reads them
             if name == b"content-length" and length is None:
                 length = int(value) if value.isdigit() else -1
             elif name == b"idempotency-key" and key is None:
                 key = value.decode("latin-1")
+            elif name == b"content-type" and content_type is None:
+                content_type = value.decode("latin-1")
+            elif name == b"host" and not host:
+                host = value.decode("latin-1")
             elif name == b"transfer-encoding":
                 length = -1
-        if length is None or not 0 <= length <= MAX_BODY:
+        if self.hosts is not None and hostname(host) not in self.hosts:
+            response: Response = problem(400, f"this service answers to {', '.join(sorted(self.hosts))}, not to "
+                                              f"{host[:100]!r}")
+            return await response(scope, receive, send)
+        if self.answer is None or scope["path"] != "/rides" or scope["method"] != "POST" or length is None \
+                or not 0 <= length <= MAX_BODY:
             return await super().__call__(scope, receive, send)
         chunks = []
         while True:
@@ -158,8 +174,18 @@ class RidesApi(FastAPI):
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        response = await self.answer(b"".join(chunks), key)
+        response = await self.answer(b"".join(chunks), key, content_type)
         await response(scope, receive, send)
+
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def hostname(host: str) -> str:
+    """A Host header's name, without its port: "127.0.0.1:8000" -> "127.0.0.1", "[::1]:8000" -> "::1"."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 def make_app(door: front.Door) -> FastAPI:
@@ -170,10 +196,10 @@ def make_app(door: front.Door) -> FastAPI:
                         registry=door.watch.registry)
     observe: dict[int, Callable[[float], None]] = {}  # per status code: its histogram's observe
 
-    async def answer(body: bytes, key: str | None) -> Response:
+    async def answer(body: bytes, key: str | None, content_type: str | None) -> Response:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        response = await _post(door, body, key)
+        response = await _post(door, body, key, content_type)
         code = response.status_code
         if code not in observe:
             observe[code] = latency.labels(str(code)).observe
@@ -181,10 +207,12 @@ def make_app(door: front.Door) -> FastAPI:
         return response
 
     app.answer = answer
+    app.hosts = LOOPBACK if door.settings.host in LOOPBACK else None
 
     @app.post("/rides", status_code=202)
     async def post_ride(request: Request) -> Response:
-        return await answer(await request.body(), request.headers.get("idempotency-key"))
+        return await answer(await request.body(), request.headers.get("idempotency-key"),
+                            request.headers.get("content-type"))
 
     @app.get("/rides/{ride_id}")
     async def get_ride(ride_id: str) -> Response:
@@ -192,7 +220,11 @@ def make_app(door: front.Door) -> FastAPI:
             known = view.ride(str(uuid.UUID(ride_id)))
         except ValueError:
             known = None
-        return JSONResponse(known) if known else problem(404, f"no ride {ride_id[:80]!r} is known here")
+        if known:
+            return JSONResponse(known)
+        if not door.ready():
+            return problem(503, CATCHING_UP, **{"Retry-After": RETRY_AFTER})
+        return problem(404, f"no ride {ride_id[:80]!r} is known here")
 
     @app.get("/stats")
     async def get_stats(group: str | None = None) -> dict:
@@ -218,6 +250,8 @@ def make_app(door: front.Door) -> FastAPI:
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         healthy, why = door.watch.health.status()
+        if healthy and not door.ready():
+            healthy, why = False, CATCHING_UP
         return PlainTextResponse(f"{why}\n", status_code=200 if healthy else 503, headers={"Cache-Control": "no-store"})
 
     @app.get("/metrics", include_in_schema=False)
@@ -228,8 +262,13 @@ def make_app(door: front.Door) -> FastAPI:
     return app
 
 
-async def _post(door: front.Door, body: bytes, key: str | None) -> Response:
+async def _post(door: front.Door, body: bytes, key: str | None, content_type: str | None) -> Response:
     """POST /rides: validate, derive the ride_id, answer a retry from the view, else publish and wait for Kafka."""
+    if content_type is None or content_type.partition(";")[0].strip().lower() != "application/json":
+        # Not only hygiene: a web page on another site may send text/plain or a form to 127.0.0.1 without asking
+        # (no CORS preflight); JSON it may not.
+        door.tally["invalid"] += 1
+        return problem(415, "Content-Type must be application/json")
     try:
         form = RideForm.model_validate_json(body)
     except ValidationError as e:
@@ -238,11 +277,18 @@ async def _post(door: front.Door, body: bytes, key: str | None) -> Response:
     if why := idempotency_problem(key):
         door.tally["invalid"] += 1
         return problem(422, why)
+    if not door.ready():
+        door.tally["unavailable"] += 1
+        return problem(503, CATCHING_UP, **{"Retry-After": RETRY_AFTER})
     ride = request_of(form, ride_id_for(form, key), datetime.now(timezone.utc))
     ride_id = str(ride.ride_id)
-    if ride_id in door.pending:  # the same ride is being published right now: wait for that
+    while (under_way := door.pending.get(ride_id)) is not None:  # the same ride is being published: wait for it
         try:
-            await asyncio.shield(door.pending[ride_id])
+            if not under_way.done():
+                await asyncio.shield(under_way)
+            else:  # done, and its callbacks (the view's update, pending's clean-up) due: let them run first
+                under_way.result()
+                await asyncio.sleep(0)  # (awaiting a done future does not yield: this loop would spin for good)
         except front.Unavailable as e:
             door.tally["unavailable"] += 1
             return problem(503, str(e), **{"Retry-After": RETRY_AFTER})
@@ -262,16 +308,24 @@ async def _post(door: front.Door, body: bytes, key: str | None) -> Response:
         door.tally["unavailable"] += 1
         return problem(503, str(e), **{"Retry-After": RETRY_AFTER})
     door.pending[ride_id] = publication
+    # Registered before anyone awaits it, so it runs first: the view knows the ride the moment Kafka has it, and a
+    # retry arriving from then on is a replay, not a second publication.
+    publication.add_done_callback(functools.partial(_published, door, ride, record))
     try:
-        await publication
+        await asyncio.shield(publication)  # shielded: a client that hangs up does not cancel it for the others
     except front.Unavailable as e:
         door.tally["unavailable"] += 1
         return problem(503, str(e), **{"Retry-After": RETRY_AFTER})
-    finally:
-        del door.pending[ride_id]
-    door.view.requested(ride, record)  # known at once here; the follower reads the same record later, and skips it
     door.tally["accepted"] += 1
     return accepted(ride_id, REQUESTED)
+
+
+def _published(door: front.Door, ride: RideRequest, record: tuple[bytes, bytes], publication: asyncio.Future) -> None:
+    ride_id = str(ride.ride_id)
+    if door.pending.get(ride_id) is publication:
+        del door.pending[ride_id]
+    if not publication.cancelled() and publication.exception() is None:
+        door.view.requested(ride, record)  # the follower reads the same record later, and skips it
 
 
 # ------------------------------------------------------------------------------------------ the script

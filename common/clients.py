@@ -57,18 +57,10 @@ def admin(settings: Settings) -> KafkaAdminClient:
 
 
 def producer(settings: Settings, client_id: str, *, transactional_id: str | None = None,
-             writes_to: Iterable[str] = (), linger_ms: int = 10, answer_within: float | None = None) -> KafkaProducer:
+             writes_to: Iterable[str] = (), linger_ms: int = 10, max_block_ms: int = 60_000) -> KafkaProducer:
     """The pipeline's producer. `writes_to`: the topics (full names) it will write to, whose metadata it
     fetches now rather than on the first send to each, which would wait for it (about 0.1 s per topic here:
-    the first rides' latency). `answer_within`: api.py's, see below."""
-    deadlines = {}
-    if answer_within is not None:
-        # api.py answers each POST within answer_within s: the producer gives up on a ride a little earlier, so
-        # that a 503 (not accepted) is not followed by the ride being written after all; send() never blocks
-        # the event loop for long (it would block every request): a full buffer fails at once.
-        delivery_ms = int(answer_within * 1000) - 250
-        deadlines = {"delivery_timeout_ms": delivery_ms, "request_timeout_ms": delivery_ms - linger_ms - 1,
-                     "max_block_ms": 100}
+    the first rides' latency). `max_block_ms`: how long send() may block when the producer's buffer is full."""
     p = KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         **security(settings),
@@ -101,7 +93,10 @@ def producer(settings: Settings, client_id: str, *, transactional_id: str | None
         retry_backoff_ms=20 if transactional_id else 100,
         # Kafka's default partitioner (murmur2 of the key), at less than half the cost of kafka-python's.
         partitioner=KeyPartitioner(),
-        **deadlines,
+        # api.py sends from its event loop, where a send() that blocks stops every request: 100 ms there, then
+        # KafkaTimeoutError (its 503). (Delivery and request timeouts stay the defaults: shortened on an idempotent
+        # producer, kafka-python 3.0.12 loses its producer id after a timed-out batch and never sends again.)
+        max_block_ms=max_block_ms,
     )
     _throttle_metadata_requests(p)
     try:

@@ -43,7 +43,9 @@ def where(record: ConsumerRecord) -> str:
 
 
 def headers_for(record: ConsumerRecord, reason: str, group_id: str) -> list[tuple[str, bytes]]:
-    original = [(k, v) for k, v in (record.headers or []) if k not in OUR_HEADERS]
+    # A header may have no value at all (the protocol and the Java client allow it); kafka-python cannot send one,
+    # so it is kept with an empty value rather than making the dead letter, and the consumer, fail.
+    original = [(k, b"" if v is None else v) for k, v in (record.headers or []) if k not in OUR_HEADERS]
     return original + [
         (REASON, reason.encode()),
         (SOURCE_TOPIC, record.topic.encode()),

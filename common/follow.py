@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from kafka import TopicPartition
@@ -56,6 +57,9 @@ class Follower:
         self.consumer._fetcher.config.update(fetch_min_bytes=FETCH_MIN_BYTES, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
         self.admin = clients.admin(settings)
         self.skipped = 0  # records the view could not read (the pipeline's consumers dead-letter them)
+        # ride_stats' latest record per key while catching up: only the last snapshot of each group matters, and
+        # parsing each one replayed (tens of kB, a millisecond or more) would delay the view's start for nothing.
+        self._latest_stats: dict[bytes | None, bytes | None] = {}
         self.caught_up = threading.Event()  # set once the view holds what the topics held when it started
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="follower", daemon=True)
@@ -93,12 +97,16 @@ class Follower:
 
     def _run(self) -> None:
         next_lag = 0.0
+        last_error: type | None = None
         while not self._stop.is_set():
             try:
                 records = consume.poll_batch(self.consumer, timeout_ms=200)
                 for record in records:
                     self._fold(record)
                 if not self.caught_up.is_set() and self._reached_ends():
+                    for value in self._latest_stats.values():
+                        self._stats(value)
+                    self._latest_stats.clear()
                     self.caught_up.set()
                     log.info("the view holds the rides of the last %.0f min: %s", self.history_s / 60,
                              " ".join(f"{k}={v}" for k, v in self.view.counts.items()))
@@ -107,7 +115,9 @@ class Follower:
                     self.view.lags(self._lags())
                 self.beat()
             except KafkaError as e:  # an outage: kafka-python reconnects by itself; poll_batch says so once
-                log.debug("follower: %s", e)
+                if type(e) is not last_error:  # anything else is said once, not once per retry
+                    last_error = type(e)
+                    log.warning("the view's reader failed (%s: %s); retrying", type(e).__name__, e)
                 self._stop.wait(0.5)
             except Exception as e:  # a bug: the view goes stale, /healthz says so (no beat), the log says why
                 log.error("the view stopped following the topics: %s: %s", type(e).__name__, e)
@@ -116,18 +126,31 @@ class Follower:
     def _fold(self, record: ConsumerRecord) -> None:
         self.last[record.topic, record.partition] = record.offset
         name = self.names[record.topic]
+        if name == topics.RIDE_STATS:
+            if self.caught_up.is_set():
+                self._stats(record.value)
+            else:
+                self._latest_stats[record.key] = record.value
+            return
         try:
-            if name == topics.RIDE_STATS:
-                snapshot = schemas.StatsSnapshot.model_validate_json(record.value or b"")
-                if not self.view.stats_saved(snapshot):
-                    self.skipped += 1
-                return
             if name == topics.RIDE_DETAILS and self.view.read_back(record.key, record.value):
                 return  # a ride this instance accepted, already in the view: decoding it would change nothing
             model, fold = READS[name]
             fold(self.view, consume.decode(model, record))
-        except (PoisonRecord, ValueError):
+        except Exception as e:  # noqa: BLE001  (a record's, whatever a producer wrote: never the follower's end)
             # Unreadable or invalid: the pipeline's own consumers set it aside with its reason; the view skips it.
+            self.skipped += 1
+            if not isinstance(e, PoisonRecord | ValueError):
+                log.debug("skipped %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
+                          type(e).__name__, e)
+
+    def _stats(self, value: bytes | None) -> None:
+        try:
+            snapshot = schemas.StatsSnapshot.model_validate_json(value or b"")
+        except ValueError:  # pydantic's ValidationError is one
+            self.skipped += 1
+            return
+        if not self.view.stats_saved(snapshot, datetime.now(timezone.utc)):
             self.skipped += 1
 
     def _reached_ends(self) -> bool:

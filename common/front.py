@@ -55,10 +55,13 @@ SWITCH_INTERVAL = 0.001
 # producer's I/O thread about a millisecond whatever it carries. At 500 POSTs/s, linger 0 / 2 / 5 / 10 ms: api.py
 # 0.78 / 0.59 / 0.46 / 0.46 cores, p50 4.4 / 5.0 / 7.8 / 11.3 ms (bench/api_bench.py's generator, one run each).
 LINGER_MS = 5
+# How long a send() may block the event loop when the producer's buffer is full (Kafka slow or away): then a 503.
+SEND_BLOCKS_MS = 100
 
 
 class Unavailable(Exception):
-    """Kafka did not take the ride: nothing was accepted (HTTP 503, try again later)."""
+    """The ride was not accepted (HTTP 503, try again later): Kafka is unreachable (nothing was sent), or did not
+    acknowledge in time (the ride may still be stored: a retry with the same Idempotency-Key is safe either way)."""
 
 
 @dataclass
@@ -73,6 +76,9 @@ class Door:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # ride_id -> the publication of its request under way: a concurrent retry awaits it instead of sending again
     pending: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    # Whether the view holds what the topics held at start (common.follow): until then a retry could be taken for a
+    # new ride and a known ride answered 404, so POST and an unknown GET answer 503.
+    ready: Callable[[], bool] = lambda: True
     # reachability.reachable(producer) is False, as of the event loop's time it was last asked (uvloop's clock
     # counts whole milliseconds): asked once per millisecond, not once per POST.
     _unreachable: tuple[float, bool] = (-1.0, False)
@@ -116,24 +122,26 @@ def _settle(future: asyncio.Future[None], timer: asyncio.TimerHandle, outcome: o
 
 def _expire(future: asyncio.Future[None], seconds: float) -> None:
     if not future.done():
-        future.set_exception(Unavailable(f"Kafka did not acknowledge within {seconds:g} s"))
+        future.set_exception(Unavailable(f"Kafka did not acknowledge within {seconds:g} s: the ride may still be "
+                                         f"stored; retry with the same Idempotency-Key"))
 
 
 class _Server(uvicorn.Server):
     """uvicorn, stopped by common.shutdown's flag rather than signal handlers of its own (which would also
     raise the signal again once stopped)."""
 
-    def __init__(self, config: uvicorn.Config, shutdown: Shutdown) -> None:
+    def __init__(self, config: uvicorn.Config, shutdown: Shutdown, stopping: Callable[[], None]) -> None:
         super().__init__(config)
-        self.stop_flag = shutdown
+        self.stop_flag, self.stopping = shutdown, stopping
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
     async def on_tick(self, counter: int) -> bool:  # uvicorn's main loop asks ten times a second
-        if self.stop_flag.requested:
+        if self.stop_flag.requested and not self.should_exit:
             self.should_exit = True
+            self.stopping()  # now, not after the grace period: open streams end, no request is cut off mid-way
         return await super().on_tick(counter)
 
 
@@ -159,17 +167,17 @@ def run(settings: ApiSettings, make_app: Callable[[Door], FastAPI], summary: Cal
     logging.getLogger("uvicorn.error").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
     sock = listening_socket(settings.host, settings.port)  # first: a port in use stops it before Kafka is asked
     watch = loop.watch(settings) or Watch("api.py", "", settings.wait)
-    view = View(settings.view_rides)
+    view = View(settings.view_rides, stats_groups=settings.lag_groups)
     tally = loop.Tally()
     producer, follower = None, None
     try:
         clients.ensure_topics(settings, shutdown)
         producer = clients.connect(settings, shutdown, lambda: clients.producer(
             settings, "api", writes_to=[settings.topic(topics.RIDE_DETAILS)],
-            linger_ms=LINGER_MS, answer_within=settings.ack_timeout), "producer")
+            linger_ms=LINGER_MS, max_block_ms=SEND_BLOCKS_MS), "producer")
         follower = clients.connect(settings, shutdown, lambda: _started(follow.Follower(
             settings, view, settings.lag_groups, settings.history_minutes * 60, beat=watch.health.beat)), "follower")
-        door = Door(settings, view, producer, watch, tally)
+        door = Door(settings, view, producer, watch, tally, ready=follower.caught_up.is_set)
         watch.count(door.tally, {key: key for key in OUTCOMES})
         unlisten = reachability.listen(watch.kafka)
         app = make_app(door)
@@ -180,7 +188,7 @@ def run(settings: ApiSettings, make_app: Callable[[Door], FastAPI], summary: Cal
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         sys.setswitchinterval(SWITCH_INTERVAL)
-        _Server(config, shutdown).run(sockets=[sock])
+        _Server(config, shutdown, door.stopping.set).run(sockets=[sock])
         unlisten()
     finally:
         watch.stopping("asked to stop (SIGINT/SIGTERM)" if shutdown.requested else "stopped")

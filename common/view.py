@@ -15,8 +15,6 @@ from datetime import datetime
 from itertools import islice
 from typing import Any
 
-from pydantic import ValidationError
-
 from common import stats as stats_module
 from common.schemas import Place, RideConfirmed, RideRejected, RideRequest, StatsSnapshot
 
@@ -67,7 +65,8 @@ class Ride:
 
     def to_json(self) -> dict[str, Any]:
         """GET /rides/{ride_id}'s body."""
-        body: dict[str, Any] = {"ride_id": self.ride_id, "status": self.status, "customer_id": self.customer_id,
+        # Not the customer: a ride_id is all it takes to ask (the ride's places are what its rider needs to see).
+        body: dict[str, Any] = {"ride_id": self.ride_id, "status": self.status,
                                 "requested_at": _iso(self.requested_at), "pickup": _place_json(self.pickup),
                                 "dropoff": _place_json(self.dropoff)}
         if self.status != REQUESTED:
@@ -80,13 +79,17 @@ class View:
     """The rides of the window read so far, the latest statistics of each analysis group and each consumer
     group's lag. Every method takes the lock: the follower's thread writes while the handlers read."""
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = 100_000, stats_groups: list[str] | None = None) -> None:
         self.capacity = capacity
+        # The analysis groups whose statistics are kept, in order of preference for GET /stats (None: any group,
+        # the latest first): any producer can write to ride_stats, under any key.
+        self.stats_groups = stats_groups
         self.lock = threading.Lock()
         self.rides: OrderedDict[str, Ride] = OrderedDict()  # first seen first
         self.counts = {REQUESTED: 0, CONFIRMED: 0, REJECTED: 0}
         self.rejections: deque[dict[str, Any]] = deque(maxlen=REJECTIONS_SHOWN)
-        self.stats: dict[str, tuple[datetime, stats_module.Stats]] = {}  # analysis group -> (saved_at, stats)
+        # analysis group -> (saved_at, stats), the latest read last
+        self.stats: dict[str, tuple[datetime, stats_module.Stats]] = {}
         # consumer group -> (the topic it reads, records behind); None: nothing committed yet
         self.lag: dict[str, tuple[str | None, int | None]] = {}
         # key -> value of the ride_details records of rides accepted by this instance, until the follower reads
@@ -125,10 +128,12 @@ class View:
         """Whether a ride_details record is, byte for byte, one this instance published for a ride the view still
         knows: requested() would change nothing for it (the follower skips decoding it). Forgets the record."""
         with self.lock:
-            mine = self.own.pop(key, None) if key is not None else None
+            if key is None:
+                return False
+            mine = self.own.pop(key, None)
             if mine is None or mine != value:
                 return False
-            ride = self.rides.get(key.decode())
+            ride = self.rides.get(key.decode(errors="replace"))
             return ride is not None and ride.identity is not None
 
     def confirmed(self, ride: RideConfirmed) -> None:
@@ -143,7 +148,7 @@ class View:
     def rejected(self, ride: RideRejected) -> None:
         with self.lock:
             if self._decided(str(ride.ride_id), REJECTED, ride.rejected_at, {"reason": ride.reason}):
-                self.rejections.appendleft({"ride_id": str(ride.ride_id), "reason": ride.reason,
+                self.rejections.appendleft({"ride_id": str(ride.ride_id)[:8], "reason": ride.reason,
                                             "at": _iso(ride.rejected_at)})
             known = self.rides[str(ride.ride_id)]
             if known.pickup is None:
@@ -157,16 +162,19 @@ class View:
         self.counts[status] += 1
         return True
 
-    def stats_saved(self, snapshot: StatsSnapshot) -> bool:
-        """analysis.py's statistics of one group as of a saved batch; False if they cannot be read."""
+    def stats_saved(self, snapshot: StatsSnapshot, now: datetime) -> bool:
+        """analysis.py's statistics of one group as of a saved batch, read in the topic's order (the latest wins,
+        whatever its saved_at says); False if they cannot be read or shown, or are of a group not followed."""
+        if self.stats_groups is not None and snapshot.group not in self.stats_groups:
+            return False
         try:
             parsed = stats_module.Stats.from_json_object(snapshot.stats)
-        except ValidationError:
+            stats_module.public(parsed, now)  # what GET /stats will do with them: refused here, not failing there
+        except Exception:  # anything a producer could write: bounds, types, figures that do not compute
             return False
         with self.lock:
-            known = self.stats.get(snapshot.group)
-            if known is None or known[0] <= snapshot.saved_at:
-                self.stats[snapshot.group] = (snapshot.saved_at, parsed)
+            self.stats.pop(snapshot.group, None)
+            self.stats[snapshot.group] = (snapshot.saved_at, parsed)
         return True
 
     def lags(self, lags: dict[str, tuple[str | None, int | None]]) -> None:
@@ -187,21 +195,25 @@ class View:
             return None if ride is None else ride.identity
 
     def public_stats(self, now: datetime, group: str | None = None) -> dict[str, Any]:
-        """GET /stats: the statistics of `group` (default: the most recently saved of any group)."""
+        """GET /stats: the statistics of `group` (default: the first of stats_groups that has some, else the latest
+        read of any group)."""
         with self.lock:
             if group is not None:
                 chosen = self.stats.get(group)
+            elif self.stats_groups is not None:
+                chosen = next((self.stats[g] for g in self.stats_groups if g in self.stats), None)
             else:
-                chosen = max(self.stats.values(), key=lambda saved: saved[0], default=None)
+                chosen = next(reversed(self.stats.values()), None)
             saved_at, stats = chosen if chosen else (None, stats_module.Stats())
             body = stats_module.public(stats, now)
         body["updated_at"] = _iso(saved_at)
         return body
 
     def live(self, now: datetime) -> dict[str, Any]:
-        """What the live page shows, once a second (GET /events)."""
+        """What the live page shows, once a second (GET /events). Anyone who can open the page sees it: pickups to
+        about 100 m and no ride's full id (with one, GET /rides/{id} tells its places)."""
         with self.lock:
-            pickups = [{"ride_id": r.ride_id, "lat": r.pickup[0], "lon": r.pickup[1],
+            pickups = [{"lat": round(r.pickup[0], 3), "lon": round(r.pickup[1], 3),
                         "zone": r.pickup[2], "status": r.status, "at": _iso(r.decided_at or r.requested_at)}
                        for r in islice(reversed(self.rides.values()), PICKUPS_SHOWN) if r.pickup is not None]
             counts, rejections, lag = dict(self.counts), list(self.rejections), dict(self.lag)

@@ -56,6 +56,8 @@ def test_the_published_request_has_the_services_zones_and_time():
     ({"passengers": 9}, "passengers: Input should be less than or equal to 8"),
     ({"zone": "Midtown"}, "zone: Extra inputs are not permitted"),
     ({"ride_id": "not-a-uuid"}, "ride_id: Input should be a valid UUID"),
+    ({"pickup": {"lat": "40.7", "lon": -73.98}}, "pickup.lat: Input should be a valid number"),  # strict: no coercion
+    ({"passengers": True}, "passengers: Input should be a valid integer"),
 ])
 def test_a_bad_body_is_one_line_naming_each_field(change, named):
     text = problem({**BODY, **change})
@@ -74,3 +76,11 @@ def test_an_unusable_idempotency_key_is_refused(key):
 
 def test_a_usable_or_absent_idempotency_key_is_fine():
     assert api.idempotency_problem(None) is None and api.idempotency_problem(str(uuid.uuid4())) is None
+
+
+@pytest.mark.parametrize(("host", "name"), [("127.0.0.1:8000", "127.0.0.1"), ("localhost", "localhost"),
+                                            ("[::1]:8000", "::1"), ("attacker.example:8000", "attacker.example"),
+                                            ("", "")])
+def test_the_host_headers_name_without_its_port(host, name):
+    assert api.hostname(host) == name
+    assert (name in api.LOOPBACK) == (name in ("127.0.0.1", "localhost", "::1"))

@@ -8,7 +8,7 @@ from kafka.future import Future
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from common import dead_letters
-from common.dead_letters import OUR_HEADERS, REASON, TRUNCATED, DeadLetters
+from common.dead_letters import OUR_HEADERS, REASON, TRUNCATED, DeadLetters, headers_for
 from tools.letters import DeadLetter
 
 LIMIT = 1_048_576  # kafka-python's default max_request_size
@@ -91,3 +91,10 @@ def test_a_forged_truncated_header_on_a_record_never_reaches_its_letter():
 def test_headers_for_names_every_header_we_own():
     names = {k for k, _ in dead_letters.headers_for(record(b"k", b"v"), "r", "g")}
     assert names <= set(OUR_HEADERS)
+
+
+def test_a_header_without_a_value_is_kept_empty_so_the_letter_can_be_sent():
+    # kafka-python refuses a header whose value is None, which any other producer may write: the consumer stopped.
+    letter = headers_for(record(b"k", b"v", headers=[("x-none", None), ("x-set", b"1")]), "bad", "g")
+    assert letter[:2] == [("x-none", b""), ("x-set", b"1")]
+    assert all(isinstance(value, bytes) for _, value in letter)
