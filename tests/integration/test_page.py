@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.pipeline import Script, unique_prefix
+from tests.integration.pipeline import Script, read_all, unique_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +111,12 @@ def test_the_page_draws_every_zone_and_follows_a_ride_it_requested_to_its_confir
                 for place, name in (("pickup", pickup), ("dropoff", dropoff)):
                     assert ride[place]["zone"] == name, ride
                     assert [ride[place]["lon"], ride[place]["lat"]] == pytest.approx(labels[name]), ride
-                assert ride["customer_id"].startswith("web-"), ride
+                # The rider is the browser's own customer id (GET /rides/{id} does not show it: ride_details does).
+                customer = page.evaluate("localStorage.getItem('rides.customer_id')")
+                assert customer.startswith("web-"), customer
+                [sent] = [r for r in read_all(kafka_bootstrap, prefix + "ride_details", quiet=1)
+                          if r.key == ride["ride_id"].encode()]
+                assert json.loads(sent.value)["customer_id"] == customer
 
                 # The stream carries the pipeline's figures: pickups on the map, and analysis.py's busiest zones.
                 expect(page.locator("#map #dots circle").first).to_be_attached(timeout=30_000)
