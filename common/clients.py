@@ -233,6 +233,10 @@ def connect(settings: Settings, shutdown: Shutdown, make: Callable[[], T], what:
     Any retriable Kafka error counts, not only a failed bootstrap: a broker that stops or restarts while
     a script starts fails the calls made after the constructor too (topics, transactions). make() must
     be safe to run again, and close what it built when it fails.
+
+    What waiting cannot mend stops the script at once with one line naming it (Fatal): a login refused, a
+    certificate not trusted, a port that expects another protocol. kafka-python retries those like a broker
+    that is down, so after a failed attempt connect() asks why (diagnose()).
     """
     deadline = time.monotonic() + settings.wait
     delay = 0.5
@@ -241,22 +245,178 @@ def connect(settings: Settings, shutdown: Shutdown, make: Callable[[], T], what:
         try:
             return make()
         except KafkaError as e:
-            if not e.retriable:
-                raise
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Fatal(
-                    f"Kafka is unreachable at {settings.bootstrap_servers} (gave up after {settings.wait:g} s: "
-                    f"{e}); start it with `docker compose up -d` or `make broker`, "
-                    f"or pass --bootstrap-servers"
-                ) from None
-            if not warned:
-                log.warning("Kafka is not reachable at %s yet (%s); retrying for up to %.0f s",
-                            settings.bootstrap_servers, what, remaining)
-                warned = True
-            if shutdown.sleep(min(delay, remaining)):
-                raise Interrupted() from None
-            delay = min(delay * 2, 5.0)
+            error = e
+        # Asked outside the except block: diagnose() reads the ssl module's error that kafka-python's own error
+        # was raised over (its __context__), which Python replaces when an error is raised inside a handler.
+        cause = _explain(settings, error, settings.bootstrap_servers) or (
+            diagnose(settings) if error.retriable else None)
+        if cause:
+            raise Fatal(cause)
+        if not error.retriable:
+            raise error
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Fatal(
+                f"Kafka is unreachable at {settings.bootstrap_servers} (gave up after {settings.wait:g} s: "
+                f"{error}); start it with `docker compose up -d` or `make broker`, "
+                f"or pass --bootstrap-servers"
+            )
+        if not warned:
+            log.warning("Kafka is not reachable at %s yet (%s); retrying for up to %.0f s",
+                        settings.bootstrap_servers, what, remaining)
+            warned = True
+        if shutdown.sleep(min(delay, remaining)):
+            raise Interrupted()
+        delay = min(delay * 2, 5.0)
+
+
+# How long diagnose() gives one connection (TCP, TLS, ApiVersions, the SASL login, one metadata request).
+DIAGNOSIS_TIMEOUT_MS = 3000
+# An abrupt close is also what a broker that is shutting down does: diagnose() says so only if a second
+# connection, this much later, is closed the same way (a broker that is gone refuses it instead).
+CONFIRM_CLOSE_AFTER = 0.5
+
+
+def diagnose(settings: Settings) -> str | None:
+    """Why the clients cannot connect, in one line, when waiting will not help; None when Kafka is just not
+    there (yet), or answers: retry then, as always.
+
+    kafka-python 3.0.12 (pinned) retries every failed connection, a refused login and an untrusted
+    certificate included, until its bootstrap times out, and says why only in its own logs (silenced, see
+    common.cli). So this opens one connection of its own per bootstrap server through kafka-python's own
+    connection code (private: KafkaConnectionManager and KafkaConnection, the same TLS context and SASL
+    exchange as the clients'), makes the first requests a client makes, and reads the failure it gets.
+    """
+    for server in settings.bootstrap_servers.split(","):
+        verdict = _first_requests(settings, server.strip())
+        if verdict is not None and verdict[1]:  # inferred from a closed connection: only if it happens again
+            time.sleep(CONFIRM_CLOSE_AFTER)
+            verdict = _first_requests(settings, server.strip())
+        if verdict is not None:
+            return verdict[0]
+    return None
+
+
+def _first_requests(settings: Settings, server: str) -> tuple[str, bool] | None:
+    """Connect to one server as the clients do (TCP, TLS, ApiVersions, the SASL login) and ask for metadata.
+    If that failed for a reason waiting won't mend: (the one line, whether it was inferred from the broker
+    closing the connection, which a broker shutting down does too); else None."""
+    # kafka-python's internals, imported here: only diagnose() uses them (pinned version, see above).
+    from kafka.errors import KafkaConnectionError, KafkaProtocolError
+    from kafka.net.manager import KafkaConnectionManager
+    from kafka.net.selector import NetworkSelector
+    from kafka.protocol.metadata import MetadataRequest
+
+    conn = None
+    logged_in = False  # the connection's set-up (ApiVersions, and the SASL login) completed
+
+    async def attempt() -> Exception | None:
+        nonlocal conn, logged_in
+        conn = manager.get_connection(node.node_id, timeout_ms=DIAGNOSIS_TIMEOUT_MS, pop_on_close=False,
+                                      refresh_metadata_on_err=False)
+        try:
+            # TCP, TLS, ApiVersions and the SASL login. Bounded here: kafka-python gives the TLS handshake no
+            # timeout of its own (a port that accepts and never answers would hold this forever).
+            await manager.wait_for(conn.init_future, DIAGNOSIS_TIMEOUT_MS)
+            logged_in = True
+            # A listener that wants a login it did not get answers ApiVersions, then closes at this request.
+            await conn.send_request(MetadataRequest(topics=MetadataRequest.NO_TOPICS, allow_auto_topic_creation=False,
+                                                    include_cluster_authorized_operations=False,
+                                                    include_topic_authorized_operations=False))
+        except Exception as e:  # the failure is the answer
+            return e
+        return None
+
+    net = NetworkSelector(client_id="rides-diagnosis")
+    try:
+        manager = KafkaConnectionManager(net, bootstrap_servers=server, client_id="rides-diagnosis",
+                                         request_timeout_ms=DIAGNOSIS_TIMEOUT_MS, **security(settings))
+        try:
+            node = manager.cluster.bootstrap_brokers()[0]
+            error = net.run(attempt)  # no I/O thread: run() drives the loop on this thread until attempt() ends
+        finally:
+            manager.close()
+    except Exception as e:  # the attempt itself went wrong, not the connection: no diagnosis, connect() goes on
+        log.debug("diagnosing the connection to %s failed: %r", server, e)
+        return None
+    finally:
+        net.close()
+    where = f"{node.host}:{node.port}"
+    if error is None:
+        return None
+    explained = _explain(settings, error, where)
+    if explained:
+        return explained, False
+    # The connection was made (TCP, and TLS if any), then closed, or answered with something that is no Kafka
+    # response: the broker hangs up on what it cannot read, such as a request in plaintext on a TLS port.
+    # (connection_made() sets conn.parser, never unset: a broker that is down refuses the TCP connection before
+    # that; a slow one times out, which is no KafkaConnectionError.)
+    if conn is None:
+        return None
+    made = conn.parser is not None
+    if _tls_handshake_cut(error):
+        return (f"Kafka at {where} closed the connection at once, during the TLS handshake: does it expect another "
+                f"--security-protocol than {settings.security_protocol}?"), True
+    if not made or not isinstance(error, (KafkaConnectionError, KafkaProtocolError)):
+        return None
+    if settings.security_protocol.startswith("SASL") and not logged_in and conn.broker_version_data is not None:
+        # Closed after ApiVersions, during the SASL exchange: the broker hangs up on a failed login, right after
+        # its answer, and kafka-python drops an answer that arrives with the end of the connection.
+        return _login_refused(settings, where), True
+    if settings.security_protocol == "PLAINTEXT":
+        return (f"Kafka at {where} closed the connection at once: does it expect TLS or SASL "
+                f"(--security-protocol)?"), True
+    return (f"Kafka at {where} closed the connection at once: does it expect another --security-protocol than "
+            f"{settings.security_protocol}?"), True
+
+
+def _login_refused(settings: Settings, where: str) -> str:
+    return (f"Kafka at {where} refused the login of user {settings.sasl_username!r} (SASL {settings.sasl_mechanism}): "
+            f"wrong user name or password; check --sasl-username and the password (RIDES_SASL_PASSWORD or "
+            f"--sasl-password-file)")
+
+
+def _explain(settings: Settings, error: BaseException, where: str) -> str | None:
+    """The one line for a failure to connect that waiting will not mend; None for any other error."""
+    import ssl
+
+    from kafka.errors import IllegalSaslStateError, SaslAuthenticationFailedError, UnsupportedSaslMechanismError
+
+    if isinstance(error, SaslAuthenticationFailedError):
+        return _login_refused(settings, where)
+    if isinstance(error, UnsupportedSaslMechanismError):
+        return f"Kafka at {where} does not take SASL {settings.sasl_mechanism} ({error}): pass --sasl-mechanism"
+    if isinstance(error, IllegalSaslStateError):  # a listener without SASL asked for a login
+        return (f"Kafka at {where} does not expect a SASL login: does it expect another --security-protocol than "
+                f"{settings.security_protocol}?")
+    # kafka-python wraps the TLS handshake's failure: KafkaConnectionError('Handshake failed: ...') raised while
+    # handling the ssl error, which stays its __context__.
+    cert = error.__context__
+    if isinstance(cert, ssl.SSLCertVerificationError):
+        reason = f"certificate verify failed: {cert.verify_message}"
+        if cert.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+            return (f"the TLS certificate of Kafka at {where} is not valid for that address ({reason}): pass "
+                    f"--bootstrap-servers with a name or address the certificate lists")
+        if cert.verify_code in (2, 18, 19, 20, 21):  # unknown issuer, self-signed (chain), cannot verify the leaf
+            fix = (f"is --ssl-cafile {settings.ssl_cafile} the CA that signed it?" if settings.ssl_cafile
+                   else "pass --ssl-cafile")
+            return f"the TLS certificate of Kafka at {where} is not signed by a CA we trust ({reason}): {fix}"
+        return f"the TLS certificate of Kafka at {where} is refused ({reason})"
+    return None
+
+
+def _tls_handshake_cut(error: BaseException) -> bool:
+    """Whether the TLS handshake failed because the other end hung up, or answered with something that is no
+    TLS: a PLAINTEXT listener closes the connection on a ClientHello. (kafka-python raises KafkaConnectionError
+    while handling the ssl module's error, which stays its __context__.)"""
+    import ssl
+
+    cause = error.__context__
+    if "Handshake failed" not in str(error) or isinstance(cause, ssl.SSLCertVerificationError):
+        return False
+    return isinstance(cause, (ssl.SSLEOFError, ConnectionError)) or (
+        isinstance(cause, ssl.SSLError) and cause.reason in ("WRONG_VERSION_NUMBER", "UNEXPECTED_EOF_WHILE_READING",
+                                                              "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"))
 
 
 def with_admin(settings: Settings, shutdown: Shutdown, step: Callable[[KafkaAdminClient], T], what: str) -> T:

@@ -2,12 +2,17 @@
 
     python -m tools.broker [--port 9092] [--data-dir .kafka/data] [--fresh]
     python -m tools.broker --nodes 3 [--port 19092] [--data-dir .kafka/cluster] [--fresh]   (tools/cluster.py)
+    python -m tools.broker --secure [...]   clients must use TLS and log in (SASL_SSL; see tools/tls.py)
 
 or, from Python:
 
     with LocalBroker(data_dir=tmp) as broker:
         bootstrap = broker.start(port=0)      # "127.0.0.1:PORT", once a client can connect
         broker.restart()                      # same data, same ports
+
+    with LocalBroker(data_dir=tmp, secure=True) as broker:   # SASL_SSL: a throwaway CA, the SCRAM user `rides`
+        bootstrap = broker.start(port=0)
+        broker.client_options()   # kafka-python's settings for it; broker.script_env(): the scripts' RIDES_*
 
 The jars come from KAFKA_HOME/libs (an unpacked Kafka distribution) when KAFKA_HOME is set, else they are
 resolved once with Maven (tools/kafka-runtime.pom.xml) into the git-ignored .cache/ and reused.
@@ -37,6 +42,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from tools import tls
 
 # 4.4.0 is the newest release on Maven Central, but its POM references
 # org.apache.kafka:kafka-tools-api:4.4.0, which is not published there (404), so 4.4.0 does not resolve;
@@ -302,10 +309,16 @@ class LocalBroker:
         voters: dict[int, int] | None = None,
         cluster_id: str | None = None,
         heap: str = HEAP,
+        secure: bool = False,
     ) -> None:
         """One node alone by default. A node of a cluster (tools.cluster) gets its node_id, the static
         controller quorum as `voters` ({node id: controller port}, all on 127.0.0.1, this node's included)
-        and the cluster's id; its replication settings follow the quorum's size."""
+        and the cluster's id; its replication settings follow the quorum's size.
+
+        secure=True (one node only): clients must speak TLS and log in (SASL_SSL, see _secure_properties);
+        the CA's certificate, the user and its password file are then ca_file, username and password_file."""
+        if secure and voters is not None:
+            raise ValueError("secure=True is for a single node")
         if voters is not None and node_id not in voters:
             raise ValueError(f"node {node_id} is not one of the voters {sorted(voters)}")
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -323,6 +336,8 @@ class LocalBroker:
         self.voters = dict(voters) if voters is not None else None
         self.cluster_id = cluster_id
         self.heap = heap
+        self.secure = secure
+        self._secrets: tls.Secrets | None = None  # secure: made or read by start()
         self.port: int | None = None
         self.controller_port: int | None = None
         self.proc: subprocess.Popen | None = None
@@ -341,6 +356,53 @@ class LocalBroker:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+    # -- secure=True: what clients need (read once start() has made them)
+
+    @property
+    def ca_file(self) -> Path:
+        """The throwaway CA's certificate (PEM) clients must trust: --ssl-cafile."""
+        return self._secure().ca_file
+
+    @property
+    def password_file(self) -> Path:
+        """The file holding the password of `username` (mode 0600): --sasl-password-file."""
+        return self._secure().password_file
+
+    @property
+    def username(self) -> str:
+        return self._secure().username
+
+    @property
+    def mechanism(self) -> str:
+        """The SASL mechanism clients should use (the broker also takes SCRAM-SHA-256 and PLAIN)."""
+        self._secure()
+        return tls.MECHANISMS[0]
+
+    def client_options(self) -> dict[str, str]:
+        """kafka-python's settings to reach this broker: {} unless secure (then TLS and the SCRAM login)."""
+        if not self.secure:
+            return {}
+        s = self._secure()
+        return {"security_protocol": "SASL_SSL", "ssl_cafile": str(s.ca_file), "sasl_mechanism": self.mechanism,
+                "sasl_plain_username": s.username, "sasl_plain_password": s.password}
+
+    def script_env(self) -> dict[str, str]:
+        """The environment that points the pipeline's scripts at this broker's login (common.settings): {}
+        unless secure. The password is passed as its file, never as a value."""
+        if not self.secure:
+            return {}
+        s = self._secure()
+        return {"RIDES_SECURITY_PROTOCOL": "SASL_SSL", "RIDES_SASL_MECHANISM": self.mechanism,
+                "RIDES_SASL_USERNAME": s.username, "RIDES_SASL_PASSWORD_FILE": str(s.password_file),
+                "RIDES_SSL_CAFILE": str(s.ca_file)}
+
+    def _secure(self) -> tls.Secrets:
+        if not self.secure:
+            raise RuntimeError("the broker is not secure (LocalBroker(..., secure=True))")
+        if self._secrets is None:
+            raise RuntimeError("the broker has not been started")
+        return self._secrets
 
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -366,6 +428,8 @@ class LocalBroker:
         libs = resolve_libs(self.kafka_home, self.cache_dir)
         if fresh:  # empty it, but keep the folder: the lock is on it
             empty_dir(self.data_dir)
+        if self.secure:
+            self._secrets = self._make_secrets(java)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         state = self._load_state()
         self.port, self.controller_port = self._pick_ports(port or 0, state)
@@ -380,13 +444,23 @@ class LocalBroker:
             # One node: a dynamic quorum of itself (--standalone). A cluster's node: the static quorum of
             # controller.quorum.voters, which needs no initial-controllers list at format time.
             quorum = ["--standalone"] if self.voters is None else []
-            fmt = subprocess.run(
-                # A one-shot tool: the quick JIT and the small collector start it in half the time.
-                [java, "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", log4j, "-cp", classpath,
-                 "kafka.tools.StorageTool", "format", *quorum,
-                 "-t", cluster_id, "-c", str(server_properties)],
-                capture_output=True, text=True, timeout=120,
-            )  # fmt: skip
+            tool = ["kafka.tools.StorageTool", "format", *quorum,
+                    "-t", cluster_id, "-c", str(server_properties), *self._scram_arguments()]  # fmt: skip
+            argfile = self.data_dir / "format.args"
+            if self.secure:
+                # The SCRAM user's password must not be on a command line (`ps` shows it to every user): the
+                # java launcher reads the main class and its arguments from a file of ours instead (@argfile).
+                tls.write_private(argfile, "".join(f'"{arg}"\n' for arg in tool).encode())
+                tool = [f"@{argfile}"]
+            try:
+                fmt = subprocess.run(
+                    # A one-shot tool: the quick JIT and the small collector start it in half the time.
+                    [java, "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", log4j, "-cp", classpath, *tool],
+                    capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    argfile.unlink()
             if fmt.returncode != 0:
                 raise BrokerError(
                     f"formatting the data dir {self.data_dir} failed: {_tail(fmt.stdout + fmt.stderr)}. "
@@ -531,6 +605,63 @@ class LocalBroker:
                 controller = free_port()
         return port, controller
 
+    def _make_secrets(self, java: str) -> tls.Secrets:
+        """secure=True: the CA, the broker's certificate and the SCRAM user's password, made at the first
+        secure start of this data dir (tools/tls.py) and reused after."""
+        if (self.data_dir / "meta.properties").exists() and not (self.data_dir / tls.PASSWORD_FILE).is_file():
+            # Its SCRAM user is made when the data dir is formatted (see _scram_arguments): too late now.
+            raise BrokerError(
+                f"the data dir {self.data_dir} was made without --secure: its broker knows no user to log in "
+                f"as. Fix: add --fresh (start empty), or pass another --data-dir"
+            )
+        try:
+            return tls.ensure_secrets(self.data_dir, java)
+        except (tls.TlsError, OSError) as e:
+            raise BrokerError(f"cannot make the TLS certificates for --secure: {e}. Fix: check that the JDK's "
+                              f"keytool runs (`keytool -help`) and that {self.data_dir} is writable") from None
+
+    def _scram_arguments(self) -> list[str]:
+        """StorageTool's --add-scram for the user, one per SCRAM mechanism: in KRaft the credentials are records
+        of the metadata log, written when the data dir is formatted. [] unless secure."""
+        if not self.secure:
+            return []
+        s = self._secure()
+        return [arg for mechanism in tls.SCRAM_MECHANISMS
+                for arg in ("--add-scram", f"{mechanism}=[name={s.username},password={s.password}]")]
+
+    def _secure_properties(self) -> dict[str, str]:
+        """The client listener as SASL_SSL: TLS with the throwaway CA's broker certificate, and a login as the
+        SCRAM user (SCRAM-SHA-512, SCRAM-SHA-256, or PLAIN: inside TLS only). The broker reaches itself the
+        same way (a transaction's markers go over the inter-broker listener, even on one node), so it logs
+        in as that user too. No authorizer: every user who logs in may do everything, as on PLAINTEXT.
+        The controller's listener stays PLAINTEXT, on the loopback: the broker's own way to its controller
+        (Kafka's admin tools could reach it too, with --bootstrap-controller, from this machine only)."""
+        s = self._secure()
+        login = f'username="{s.username}" password="{s.password}"'
+        return {
+            "listeners": f"SASL_SSL://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{self.port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms": ",".join(tls.MECHANISMS),
+            "sasl.mechanism.inter.broker.protocol": tls.MECHANISMS[0],
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
+                f"org.apache.kafka.common.security.scram.ScramLoginModule required {login};",
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config":
+                f"org.apache.kafka.common.security.scram.ScramLoginModule required {login};",
+            # PLAIN's users are the login module's user_NAME entries (SCRAM's are in the metadata log).
+            "listener.name.sasl_ssl.plain.sasl.jaas.config":
+                f'org.apache.kafka.common.security.plain.PlainLoginModule required {login} '
+                f'user_{s.username}="{s.password}";',
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(s.keystore),
+            "ssl.keystore.password": s.keystore_password,
+            "ssl.key.password": s.keystore_password,
+            # The broker as a client of itself checks its own certificate like any client: the CA, the name.
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(s.ca_file),
+        }
+
     def _write_configs(self) -> Path:
         props = {
             "process.roles": "broker,controller",
@@ -541,6 +672,8 @@ class LocalBroker:
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         }
+        if self.secure:
+            props.update(self._secure_properties())
         if self.voters is None:
             # Dynamic quorum (formatted with --standalone): needs this, and controller.quorum.voters unset.
             props["controller.quorum.bootstrap.servers"] = f"127.0.0.1:{self.controller_port}"
@@ -552,7 +685,11 @@ class LocalBroker:
         # Nobody else is going to join: don't make the first consumer of a group wait 3 s.
         props["group.initial.rebalance.delay.ms"] = "0"
         path = self.data_dir / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        text = "".join(f"{k}={v}\n" for k, v in props.items())
+        if self.secure:
+            tls.write_private(path, text.encode())  # it holds the passwords
+        else:
+            path.write_text(text)
         log_path = str(self.log_file).replace("\\", "/")
         (self.data_dir / "log4j2.properties").write_text(
             "status = warn\n"
@@ -581,7 +718,8 @@ class LocalBroker:
                     f"the {self._what} did not become ready within {deadline - started:.0f} s; last lines of "
                     f"{self.log_file}: {self.log_tail()}. Fix: see that log; --fresh starts with empty data"
                 )
-            if _accepts_connections(self.port) and metadata_ok(self.bootstrap_servers):
+            options = self.client_options()  # TLS and the login, when secure
+            if _accepts_connections(self.port) and metadata_ok(self.bootstrap_servers, client_options=options):
                 return
             time.sleep(0.3)
 
@@ -609,8 +747,9 @@ def _accepts_connections(port: int) -> bool:
     return False
 
 
-def metadata_ok(bootstrap_servers: str, timeout_ms: int = 3000) -> bool:
-    """True once a real Kafka client can bootstrap and describe the cluster (a TCP connect is not enough)."""
+def metadata_ok(bootstrap_servers: str, timeout_ms: int = 3000, client_options: dict[str, str] | None = None) -> bool:
+    """True once a real Kafka client can bootstrap and describe the cluster (a TCP connect is not enough).
+    client_options: how to reach a secure broker (LocalBroker.client_options())."""
     from kafka import KafkaAdminClient  # imported late: `--help` and the Java checks work without it
 
     try:
@@ -619,6 +758,7 @@ def metadata_ok(bootstrap_servers: str, timeout_ms: int = 3000) -> bool:
             bootstrap_timeout_ms=timeout_ms,
             request_timeout_ms=timeout_ms,
             client_id="broker-readiness-probe",
+            **(client_options or {}),
         )
     except Exception:
         return False
@@ -669,6 +809,12 @@ log (DATA_DIR/node-ID.log; DATA_DIR defaults to .kafka/cluster). From three node
 broker's default replication factor, and the internal ones, gets three replicas and min.insync.replicas 2.
 A node that dies is reported in one line and the others keep running; `kill -HUP PID` (the launcher's pid, in
 its ready line) starts every dead node again, on its ports and its data. Ctrl-C or SIGTERM stops them all.
+
+--secure (one node): clients must speak TLS and log in (SASL_SSL; SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN) as
+the user `rides`. The first secure start of a data dir makes, in it, a throwaway CA (ca.pem: what clients
+trust), the broker's certificate for 127.0.0.1 and localhost, and the user's random password (rides.password,
+mode 0600; never printed). The ready line says where they are and the settings to use. Restarts reuse them;
+--fresh makes new ones. The controller's own port stays PLAINTEXT, on the loopback.
 """
 
 
@@ -710,15 +856,31 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cache-dir", type=Path, default=CACHE_DIR,
         help="where Maven-resolved jars are kept (default .cache/kafka-VERSION in the project)",
     )  # fmt: skip
+    p.add_argument(
+        "--secure", action="store_true",
+        help="clients must use TLS and log in (SASL_SSL, user `rides`): a throwaway CA and a password are made "
+        "in the data dir (see below)",
+    )  # fmt: skip
     p.add_argument("--resolve-only", action="store_true", help="check Java, fetch the jars, print where; exit")
     args = p.parse_args(argv)
     if args.nodes > 1 and args.log_file is not None:
         p.error("--log-file is for one broker; a cluster writes node-ID.log in its --data-dir")
+    if args.nodes > 1 and args.secure:
+        p.error("--secure is for one broker; a cluster (--nodes) speaks PLAINTEXT")
     if args.port is None:
         args.port = DEFAULT_PORT if args.nodes == 1 else DEFAULT_CLUSTER_PORT
     if args.data_dir is None:
         args.data_dir = DEFAULT_DATA_DIR if args.nodes == 1 else DEFAULT_CLUSTER_DIR
     return args
+
+
+def _secure_settings(broker: LocalBroker) -> str:
+    """What a client needs besides the address, as Kafka's client settings: "" for a PLAINTEXT broker. Never
+    the password itself: where it is."""
+    if not broker.secure:
+        return ""
+    return (f" security.protocol=SASL_SSL sasl.mechanism={broker.mechanism} sasl.username={broker.username} "
+            f"password file={broker.password_file} ca file={broker.ca_file}")
 
 
 def _on_sigterm(signum, frame):
@@ -734,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_cluster(args)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    broker = LocalBroker(data_dir=args.data_dir, log_file=args.log_file, cache_dir=args.cache_dir)
+    broker = LocalBroker(data_dir=args.data_dir, log_file=args.log_file, cache_dir=args.cache_dir, secure=args.secure)
     try:
         if args.resolve_only:
             check_java()
@@ -746,9 +908,14 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap = broker.start(port=args.port, fresh=args.fresh)
         print(
             f"Kafka {KAFKA_VERSION} ready in {time.monotonic() - started:.1f} s: "
-            f"bootstrap.servers={bootstrap}  (data {broker.data_dir}, log {broker.log_file}; Ctrl-C stops it)",
+            f"bootstrap.servers={bootstrap}{_secure_settings(broker)}  "
+            f"(data {broker.data_dir}, log {broker.log_file}; Ctrl-C stops it)",
             flush=True,
         )
+        if broker.secure:
+            print(f"  the scripts: --bootstrap-servers {bootstrap} --security-protocol SASL_SSL --sasl-mechanism "
+                  f"{broker.mechanism} --sasl-username {broker.username} --sasl-password-file {broker.password_file} "
+                  f"--ssl-cafile {broker.ca_file}", flush=True)
         assert broker.proc is not None  # start() returned
         while broker.proc.poll() is None:
             time.sleep(0.5)
