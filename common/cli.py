@@ -54,10 +54,28 @@ def load(settings_cls: type[S], argv: Sequence[str] | None = None, doc: str | No
     except ValidationError as e:
         p.error(_one_line(e, settings_cls))  # prints usage and one line, exits 2
     logging.getLogger().setLevel(settings.log_level)
+    if settings.password:
+        # kafka-python logs its clients' whole configuration at DEBUG, the SASL password with it.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(Redact(settings.password))
     # kafka-python logs every refused connection as an error, so a broker restart would bury the
     # script's own lines; our code reports what matters from the exceptions it gets.
     logging.getLogger("kafka").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.CRITICAL)
     return settings
+
+
+class Redact(logging.Filter):
+    """Hides a secret wherever it would appear in a log line (a library's own messages included)."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.secret in message:
+            record.msg, record.args = message.replace(self.secret, "[hidden]"), None
+        return True
 
 
 def env_names(name: str, field: FieldInfo) -> list[str]:

@@ -254,3 +254,24 @@ def test_an_incomplete_security_setting_is_one_line(clean, monkeypatch, capsys, 
     assert e.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert says in error and "pw-9f3c" not in capsys.readouterr().err + error  # the password is never echoed
+
+
+def test_the_sasl_password_is_hidden_from_every_log_line_even_at_debug(clean, monkeypatch, capsys):
+    import logging
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    root.addHandler(handler)
+    try:
+        monkeypatch.setenv("RIDES_SECURITY_PROTOCOL", "SASL_SSL")
+        monkeypatch.setenv("RIDES_SASL_USERNAME", "rides")
+        monkeypatch.setenv("RIDES_SASL_PASSWORD", "pw-7d1e-secret")
+        cli.load(rides.RidesSettings, ["--log-level", "DEBUG"])
+        # What kafka-python's admin client logs at DEBUG: its configuration, the password in it.
+        logging.getLogger("kafka.admin.client").debug("Starting with configuration: %s",
+                                                      {"sasl_plain_password": "pw-7d1e-secret"})
+        err = capsys.readouterr().err
+        assert "sasl_plain_password" in err and "[hidden]" in err and "pw-7d1e-secret" not in err
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(logging.WARNING)
