@@ -41,7 +41,8 @@ class Cluster:
     """Records what create_topics asks of a cluster of `brokers` brokers."""
 
     def __init__(self, brokers: int) -> None:
-        self.brokers, self.specs = brokers, {}
+        self.brokers = brokers
+        self.specs: dict[str, dict] = {}
 
     def list_topics(self):
         return []
