@@ -52,9 +52,9 @@ bench: venv
 bench-metrics: venv
 	$(PY) bench/metrics_cost.py $(ARGS)
 
-# POST /rides at saturation and at 500 and 1,000 requests/s, next to rides.py (bench/api.py). ARGS=--quick: a check.
+# POST /rides at saturation and at 500 and 1,000 requests/s, next to rides.py (bench/api_bench.py). ARGS=--quick: a check.
 bench-api: venv
-	$(PY) bench/api.py $(ARGS)
+	$(PY) bench/api_bench.py $(ARGS)
 
 # Rides through a real broker (and over HTTP through api.py), then everything the demo started is stopped.
 # `make demo ARGS="--keep 300"`: everything keeps running five more minutes, to watch the live page.
