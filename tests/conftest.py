@@ -255,3 +255,26 @@ def own_broker(tmp_path):
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def local_cluster(tmp_path):
+    """A real 3-node KRaft cluster of this test's own (tools.cluster.LocalCluster: replication 3,
+    min.insync.replicas 2), started on free ports; the test kills, stops and starts its nodes as it needs.
+    Skipped only where the launcher cannot run (no Java 17+, no Kafka jars); stopped at the end in any case."""
+    from tools.cluster import LocalCluster
+
+    try:
+        check_java()
+        resolve_libs()
+    except BrokerError as e:
+        pytest.skip(f"local launcher unavailable: {e}")
+    cluster = LocalCluster(tmp_path / "cluster", nodes=3)
+    try:
+        try:
+            cluster.start(port=0)
+        except BrokerError as e:
+            pytest.fail(f"cannot start the local 3-node cluster: {e}", pytrace=False)
+        yield cluster
+    finally:
+        cluster.stop()  # also registered with atexit, and each node's watchdog stops it if this process is killed
