@@ -10,7 +10,14 @@ from typing import Any, TypeVar
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import InvalidReplicationFactorError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
+from kafka.errors import (
+    InvalidReplicationFactorError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 from kafka.partitioner import DefaultPartitioner
 
 from common import topics
@@ -99,6 +106,7 @@ def producer(settings: Settings, client_id: str, *, transactional_id: str | None
         max_block_ms=max_block_ms,
     )
     _throttle_metadata_requests(p)
+    _keep_transactional_requests(p)
     try:
         for topic in writes_to:
             # partitions_for() would wait up to max_block_ms (60 s) and not hear a stop request: a bounded
@@ -171,6 +179,25 @@ class _ThrottledMetadataRequests:
 def _throttle_metadata_requests(p: KafkaProducer) -> None:
     sender = p._sender  # private: the workaround is for the pinned version only
     sender._metadata = _ThrottledMetadataRequests(sender._metadata)
+
+
+def _keep_transactional_requests(p: KafkaProducer) -> None:
+    """Workaround for kafka-python 3.0.12 (pinned): the I/O thread drops a transactional request (AddOffsetsToTxn,
+    AddPartitionsToTxn, EndTxn) whose coordinator cannot be connected to. Its _maybe_send_transactional_request
+    asks await_ready(coordinator), which raises KafkaConnectionError for a node that is down (SIGKILLed) instead
+    of returning False; the except branch looks the coordinator up again but never re-enqueues the request (the
+    False branch does), so send_offsets_to_transaction() or commit_transaction() waits forever (no timeout).
+    Answering False takes the branch that retries it once the new coordinator is found."""
+    client = p._sender._client  # private: the workaround is for the pinned version only
+    await_ready = client.await_ready
+
+    def await_ready_or_not(node_id, timeout_ms=30000):
+        try:
+            return await_ready(node_id, timeout_ms=timeout_ms)
+        except KafkaConnectionError:
+            return False
+
+    client.await_ready = await_ready_or_not
 
 
 def consumer(

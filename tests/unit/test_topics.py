@@ -67,3 +67,24 @@ def test_topics_have_three_copies_and_two_in_sync_where_there_are_three_brokers(
         assert spec["replication_factor"] == factor, name
         assert spec["configs"].get("min.insync.replicas") == min_isr, name
     assert cluster.specs[topics.RIDE_STATS]["configs"]["cleanup.policy"] == "compact"
+
+
+def test_a_transactional_request_whose_coordinator_is_down_is_retried_not_dropped():
+    # kafka-python 3.0.12's sender drops a transactional request when await_ready raises for a coordinator that was
+    # SIGKILLed (transaction.py then waited in send_offsets_to_transaction for good: test_failover found it); the
+    # producer's client answers False instead, the branch that looks the coordinator up again and retries.
+    from kafka.errors import KafkaConnectionError
+
+    class Client:
+        def await_ready(self, node_id, timeout_ms=30000):
+            if node_id == "down":
+                raise KafkaConnectionError("Node coordinator-3 not ready")
+            return True
+
+    class Producer:
+        class _sender:
+            _client = Client()
+
+    clients._keep_transactional_requests(Producer())
+    assert Producer._sender._client.await_ready("down") is False
+    assert Producer._sender._client.await_ready("up") is True
