@@ -181,7 +181,7 @@ def run(settings: ApiSettings, make_app: Callable[[Door], FastAPI], summary: Cal
         watch.count(door.tally, {key: key for key in OUTCOMES})
         unlisten = reachability.listen(watch.kafka)
         app = make_app(door)
-        app.router.lifespan_context = _lifespan(door, sock, follower)
+        app.router.lifespan_context = _lifespan(door, sock, follower, shutdown)
         config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", log_config=None,
                                 access_log=False, server_header=False, timeout_graceful_shutdown=2)
         gc.collect()
@@ -215,10 +215,14 @@ def _started(follower: follow.Follower) -> follow.Follower:
     return follower
 
 
-def _lifespan(door: Door, sock: socket.socket, follower: follow.Follower):
+def _lifespan(door: Door, sock: socket.socket, follower: follow.Follower, shutdown: Shutdown):
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         watcher = asyncio.create_task(_watch_kafka(door))
+        # Ready means a POST can be taken: once the view holds what the topics held at start (before, a retry could
+        # pass for a new ride). Connections wait in the socket's backlog meanwhile.
+        while not follower.caught_up.is_set() and not shutdown.requested:
+            await asyncio.sleep(0.05)
         host, port = sock.getsockname()[:2]
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         log.info("serving on %s (the live page; POST /rides, GET /rides/{ride_id}, /stats, /healthz, /metrics)", url)
