@@ -33,10 +33,8 @@ import platform
 import random
 import re
 import select
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -50,7 +48,17 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import percentiles  # noqa: E402
-from runs import PROJECT_ROOT, BenchError, Run, last_line, peak_rss_mb, progress, read_records, run_rides  # noqa: E402
+from runs import (  # noqa: E402
+    PROJECT_ROOT,
+    BenchError,
+    Run,
+    last_line,
+    on_a_broker,
+    peak_rss_mb,
+    progress,
+    read_records,
+    run_rides,
+)
 
 RATES = (500, 1000)  # requests/s: the issue's latency figures
 GOAL_RATE = 2000.0  # accepted rides/s at saturation
@@ -64,10 +72,6 @@ DEFAULT_RIDES, DEFAULT_SEED = 50_000, 7
 QUICK = {"seconds": 2.0, "saturation_seconds": 2.0, "rides": 3000, "warm": 100}
 READY_TIMEOUT = 60.0  # api.py's start (Kafka clients, topics, the follower) and the generator's bodies
 ANSWER_TIMEOUT = 30.0  # after its last request is due, a run that has not had every answer is an error
-
-
-class Stopped(Exception):
-    """SIGTERM: stop like Ctrl-C, through every finally block."""
 
 
 # ------------------------------------------------------------------------------------ the load generator
@@ -567,52 +571,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_stopped(signum, frame):
-    raise Stopped()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.generate:
         return generator_main(args.generate)
-    signal.signal(signal.SIGTERM, _raise_stopped)
-    from tools.broker import KAFKA_VERSION, BrokerError, LocalBroker
 
-    procs: list = []  # every subprocess started, killed (by pid) in finally if still running
-    broker = None
-    wall = time.monotonic()
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
-            work_dir = Path(tmp)
-            try:
-                if args.bootstrap_servers:
-                    bootstrap, kafka_version, broker_pid = args.bootstrap_servers, "(existing cluster)", None
-                else:
-                    progress("starting a local Kafka broker")
-                    broker = LocalBroker(data_dir=work_dir / "kafka")
-                    bootstrap = broker.start(port=0, fresh=True)
-                    kafka_version, broker_pid = KAFKA_VERSION, broker.pid
-                    progress(f"broker ready at {bootstrap}")
-                report = bench(args, bootstrap, kafka_version, broker_pid, work_dir, procs)
-            finally:
-                for proc in procs:
-                    proc.kill()
-                if broker is not None:
-                    progress("stopping the broker")
-                    broker.stop()
-    except (KeyboardInterrupt, Stopped):
-        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    except (BenchError, BrokerError) as e:
-        print(f"bench: error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # a Kafka error, say: still one line, never a traceback wall
-        text = str(e) if str(e).startswith(type(e).__name__) else f"{type(e).__name__}: {e}"
-        print(f"bench: error: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
-        return 1
-    report.wall_seconds = time.monotonic() - wall
-    print(to_json(report) if args.json else format_table(report))
-    return 0
+    def run(bootstrap: str, kafka_version: str, broker_pid: int | None, work_dir: Path, procs: list) -> ApiReport:
+        return bench(args, bootstrap, kafka_version, broker_pid, work_dir, procs)
+
+    return on_a_broker(args.bootstrap_servers, "bench-api-", run, to_json if args.json else format_table)
 
 
 if __name__ == "__main__":

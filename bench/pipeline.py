@@ -42,10 +42,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,9 +86,9 @@ from report import (  # noqa: E402
 from runs import (  # noqa: E402
     PROJECT_ROOT,
     BenchError,
-    Run,
     create_input_topic,
     last_line,
+    on_a_broker,
     progress,
     reconcile,
     reconcile_analysis,
@@ -107,10 +105,6 @@ LATENCY_SECONDS = 20.0  # per rate: a few thousand rides, enough for a p99
 QUICK_RIDES, QUICK_LATENCY_SECONDS = 3000, 3.0
 # The Java producer gets at least this many records: at the rides' N it would be timing its own JIT warm-up.
 JAVA_RECORDS = 100_000  # --quick: checks the table is produced, not its numbers
-
-
-class Stopped(Exception):
-    """SIGTERM: stop like Ctrl-C, through every finally block."""
 
 
 def crc32c_implementation() -> str:
@@ -303,52 +297,15 @@ def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path,
     return report
 
 
-def _raise_stopped(signum, frame):
-    raise Stopped()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_stopped)
-    from tools.broker import KAFKA_VERSION, BrokerError, LocalBroker
 
-    procs: list[Run] = []  # every subprocess started, killed (by pid) in finally if still running
-    broker = None
-    wall = time.monotonic()
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            work_dir = Path(tmp)
-            try:
-                baseline = resolve_rev(args.baseline) if args.baseline else None
-                if args.bootstrap_servers:
-                    bootstrap, kafka_version = args.bootstrap_servers, "(existing cluster)"
-                else:
-                    progress("starting a local Kafka broker")
-                    broker = LocalBroker(data_dir=work_dir / "kafka")
-                    bootstrap = broker.start(port=0, fresh=True)
-                    kafka_version = KAFKA_VERSION
-                    progress(f"broker ready at {bootstrap}")
-                report = bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, procs, baseline,
-                               *((QUICK_LATENCY_SECONDS, QUICK_RIDES) if args.quick else ()))
-            finally:
-                for proc in procs:
-                    proc.kill()
-                if broker is not None:
-                    progress("stopping the broker")
-                    broker.stop()
-    except (KeyboardInterrupt, Stopped):
-        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    except (BenchError, BrokerError) as e:
-        print(f"bench: error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # a Kafka error, say: still one line, never a traceback wall
-        text = str(e) if str(e).startswith(type(e).__name__) else f"{type(e).__name__}: {e}"
-        print(f"bench: error: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
-        return 1
-    report.wall_seconds = time.monotonic() - wall
-    print(to_json(report) if args.json else format_table(report))
-    return 0
+    def run(bootstrap: str, kafka_version: str, _broker_pid: int | None, work_dir: Path, procs: list) -> Report:
+        baseline = resolve_rev(args.baseline) if args.baseline else None
+        return bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, procs, baseline,
+                     *((QUICK_LATENCY_SECONDS, QUICK_RIDES) if args.quick else ()))
+
+    return on_a_broker(args.bootstrap_servers, "bench-", run, to_json if args.json else format_table)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from report import rate_between
 
@@ -273,3 +276,60 @@ def _summary(script) -> dict:
 def last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "(no output)"
+
+
+R = TypeVar("R")  # a bench's report: it has a wall_seconds
+
+
+class Stopped(Exception):
+    """SIGTERM: stop like Ctrl-C, through every finally block."""
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped()
+
+
+def on_a_broker(bootstrap_servers: str | None, folder_prefix: str,
+                bench: Callable[[str, str, int | None, Path, list], R], show: Callable[[R], str]) -> int:
+    """A bench's main: in a temporary folder, on the given cluster or on a broker of its own (tools.broker), run
+    bench(bootstrap, kafka_version, broker_pid, work_dir, procs) and print show(report) with its wall time. Every
+    subprocess put in procs, and the broker, is stopped (by pid) whatever happens; SIGTERM stops it as Ctrl-C
+    does; an error is one line and exit 1."""
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    from tools.broker import KAFKA_VERSION, BrokerError, LocalBroker
+
+    procs: list = []  # every subprocess started, killed (by pid) in finally if still running
+    broker = None
+    wall = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix=folder_prefix) as tmp:
+            work_dir = Path(tmp)
+            try:
+                if bootstrap_servers:
+                    bootstrap, kafka_version, broker_pid = bootstrap_servers, "(existing cluster)", None
+                else:
+                    progress("starting a local Kafka broker")
+                    broker = LocalBroker(data_dir=work_dir / "kafka")
+                    bootstrap = broker.start(port=0, fresh=True)
+                    kafka_version, broker_pid = KAFKA_VERSION, broker.pid
+                    progress(f"broker ready at {bootstrap}")
+                report = bench(bootstrap, kafka_version, broker_pid, work_dir, procs)
+            finally:
+                for proc in procs:
+                    proc.kill()
+                if broker is not None:
+                    progress("stopping the broker")
+                    broker.stop()
+    except (KeyboardInterrupt, Stopped):
+        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    except (BenchError, BrokerError) as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a Kafka error, say: still one line, never a traceback wall
+        text = str(e) if str(e).startswith(type(e).__name__) else f"{type(e).__name__}: {e}"
+        print(f"bench: error: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
+        return 1
+    report.wall_seconds = time.monotonic() - wall  # type: ignore[attr-defined]
+    print(show(report))
+    return 0

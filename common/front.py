@@ -5,8 +5,9 @@
     finally: flush the producer, stop the follower, close, the summary line
 
 A POST publishes with the same guarantee as rides.py (idempotent producer, acks=all) and answers only once
-the broker has acknowledged the ride: Door.publish() awaits the producer's future without blocking the event
-loop. While Kafka is known to be unreachable it refuses at once (Unavailable: 503), sending nothing.
+the broker has acknowledged the ride: Door.publication() is the producer's future on the event loop,
+awaited without blocking it. While Kafka is known to be unreachable it refuses at once (Unavailable: 503),
+sending nothing.
 """
 
 from __future__ import annotations
@@ -83,15 +84,11 @@ class Door:
     # counts whole milliseconds): asked once per millisecond, not once per POST.
     _unreachable: tuple[float, bool] = (-1.0, False)
 
-    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
-        """Send one record to `topic` (a common.topics name) and wait for Kafka's acknowledgement; Unavailable
-        if Kafka is unreachable or does not acknowledge within --ack-timeout."""
-        await self.publication(topic, key, value)
-
     def publication(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
-        """publish() as a future of the event loop, made at once (no task, no wait_for: POST /rides' hot path):
-        it raises Unavailable now if Kafka is known to be unreachable or the producer's buffer is full, and the
-        future settles with None once Kafka acknowledged the record, or with Unavailable when it did not."""
+        """Send one record to `topic` (a common.topics name): a future of the event loop, made at once (no task, no
+        wait_for: POST /rides' hot path). It raises Unavailable now if Kafka is known to be unreachable or the
+        producer's buffer is full; the future settles with None once Kafka acknowledged the record, or with
+        Unavailable when it did not within --ack-timeout."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._unreachable[0] != now:
