@@ -23,6 +23,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaTimeoutError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import TopicPartition
 
@@ -289,7 +290,11 @@ def commit_in_order(producer: KafkaProducer, sends: list[FutureRecordMetadata], 
 def source_topic_id(admin: KafkaAdminClient, settings: ConsumerSettings, source: str) -> str:
     """Create the topics still missing, and return the id of the one read (which incarnation it is)."""
     clients.create_topics(admin, settings, [source, topics.dead_letter_topic(source)])
-    return str(admin.describe_topics([settings.topic(source)])[0]["topic_id"])
+    name = settings.topic(source)
+    found = clients.described(admin, [name])
+    if name not in found:
+        raise KafkaTimeoutError(f"{name} is not known yet to the broker that answered")
+    return str(found[name]["topic_id"])
 
 
 def run(settings: ConsumerSettings, source: str, model: type[Message], make_store: Callable[[Shutdown], Store],

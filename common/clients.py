@@ -506,8 +506,7 @@ def create_decided_topic(admin: KafkaAdminClient, settings: Settings, group_id: 
     instead, once they are older than the window the state keeps (hence the retention).
     """
     source, topic = settings.topic(topics.RIDE_DETAILS), settings.topic(topics.decided_topic(group_id))
-    existing = [t for t in (source, topic) if t in set(admin.list_topics())]
-    counts = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(existing)}
+    counts = {name: len(t["partitions"]) for name, t in described(admin, [source, topic], wait_for=[source]).items()}
     if source not in counts:
         raise ValueError(f"{source} does not exist")
     configs = {
@@ -526,6 +525,24 @@ def create_decided_topic(admin: KafkaAdminClient, settings: Settings, group_id: 
     else:  # the window may have changed since the topic was created (--dedup-hours): keep the disk in step
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
     return topic
+
+
+def described(admin: KafkaAdminClient, names: list[str], wait_for: list[str] | None = None,
+              timeout_s: float = 10.0) -> dict[str, dict]:
+    """The metadata of each named topic that exists, by name.
+
+    A cluster's brokers learn of a new topic one after the other, and each request goes to whichever broker
+    is least busy: one that does not know yet of a topic created a moment ago (by this script or another)
+    answers "unknown topic". So a topic of `wait_for` (all of `names` unless given) missing from the answer
+    is asked for again until timeout_s; only then is it taken as not existing.
+    """
+    must = set(names if wait_for is None else wait_for)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = {t["name"]: t for t in admin.describe_topics(names) if t["error_code"] == 0 and t["partitions"]}
+        if must <= set(found) or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.2)
 
 
 def _create(admin: KafkaAdminClient, specs: dict[str, dict]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from common import clients, consume, schemas, topics
 from common.errors import PoisonRecord
@@ -71,8 +71,12 @@ class Follower:
 
     def start(self) -> None:
         """Assign every partition and seek to where the view begins (call with Kafka reachable), then follow."""
-        partitions = [TopicPartition(topic, p) for topic in self.names
-                      for p in sorted(self.consumer.partitions_for_topic(topic) or ())]
+        partitions = []
+        for topic in self.names:
+            numbers = self.consumer.partitions_for_topic(topic)
+            if not numbers:  # created a moment ago, and the broker that answered has not learned of it yet
+                raise KafkaTimeoutError(f"{topic} is not known yet to the broker that answered")
+            partitions += [TopicPartition(topic, p) for p in sorted(numbers)]
         self.consumer.assign(partitions)
         since_ms = int((time.time() - self.history_s) * 1000)
         rides = [tp for tp in partitions if self.names[tp.topic] != topics.RIDE_STATS]

@@ -171,7 +171,8 @@ class Flow:
 
     def kill(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():  # never started when the pipeline failed to start
+            self._thread.join(timeout=30)
         for run, _ in self.runs:
             run.kill()
 

@@ -236,7 +236,7 @@ def test_the_start_up_admin_calls_survive_a_broker_that_drops_the_connection(tmp
             calls.append(names)
             if len(calls) == 1:
                 raise KafkaConnectionError("111 ECONNREFUSED")
-            return [{"topic": names[0], "topic_id": "id-1"}]
+            return [{"name": names[0], "error_code": 0, "partitions": [{"partition_index": 0}], "topic_id": "id-1"}]
 
         def close(self):
             pass
