@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Extra broker arguments, e.g. `make broker ARGS="--fresh"`.
 ARGS ?=
 
-.PHONY: venv test failover demo broker cluster api lint chaos fuzz bench bench-metrics bench-api
+.PHONY: venv test failover demo broker cluster api lint chaos fuzz bench bench-metrics bench-api bench-scale
 
 venv: $(STAMP)
 
@@ -55,6 +55,11 @@ bench-metrics: venv
 # POST /rides at saturation and at 500 and 1,000 requests/s, next to rides.py (bench/api_bench.py). ARGS=--quick: a check.
 bench-api: venv
 	$(PY) bench/api_bench.py $(ARGS)
+
+# transaction.py's rate with 1, 2 and 3 instances on a three-node cluster of its own, and where the CPU goes
+# (bench/scale_out.py). ARGS=--quick: a check.
+bench-scale: venv
+	$(PY) bench/scale_out.py $(ARGS)
 
 # Rides through a real broker (and over HTTP through api.py), then everything the demo started is stopped.
 # `make demo ARGS="--keep 300"`: everything keeps running five more minutes, to watch the live page.

@@ -52,7 +52,9 @@ from runs import (  # noqa: E402
     PROJECT_ROOT,
     BenchError,
     Run,
+    cpu_seconds,
     last_line,
+    machine_busy,
     on_a_broker,
     peak_rss_mb,
     progress,
@@ -251,24 +253,6 @@ def generator_main(spec_path: str) -> int:
 
 
 # ------------------------------------------------------------------------------------ measuring
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """A process's CPU time so far (user + system), from /proc/<pid>/stat; None if it is gone."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all cores so far, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle, iowait
-    return sum(values[:8]) - idle, sum(values[:8])
 
 
 @dataclass
@@ -576,8 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.generate:
         return generator_main(args.generate)
 
-    def run(bootstrap: str, kafka_version: str, broker_pid: int | None, work_dir: Path, procs: list) -> ApiReport:
-        return bench(args, bootstrap, kafka_version, broker_pid, work_dir, procs)
+    def run(bootstrap: str, kafka_version: str, broker_pids: list[int], work_dir: Path, procs: list) -> ApiReport:
+        return bench(args, bootstrap, kafka_version, broker_pids[0] if broker_pids else None, work_dir, procs)
 
     return on_a_broker(args.bootstrap_servers, "bench-api-", run, to_json if args.json else format_table)
 

@@ -13,7 +13,6 @@ Linux only (/proc). Progress goes to stderr, the figures to stdout; a failure is
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -30,15 +29,10 @@ from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 
 from tools.broker import LocalBroker  # noqa: E402
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+from runs import cpu_seconds  # noqa: E402
+
 SCRIPTS = ("rides.py", "transaction.py")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, all its threads (fields 14 and 15 of /proc/pid/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": the comm may hold spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def end_offsets(bootstrap: str, topic: str) -> int:
@@ -93,10 +87,11 @@ def measure(outage: float, rate: float, workdir: Path) -> dict[str, float]:
         print(f"broker stopped; measuring for {outage:g} s", file=sys.stderr)
         time.sleep(outage)  # the measured window itself, not a wait for a condition
         elapsed = time.monotonic() - started
-        used = {name: cpu_seconds(p.pid) - before[name] for name, p in procs.items()}
+        after = {name: cpu_seconds(p.pid) for name, p in procs.items()}
         for name, p in procs.items():
             if p.poll() is not None:
                 raise RuntimeError(f"{name} exited ({p.returncode}) during the outage; see {workdir}")
+        used = {name: after[name] - before[name] for name in procs}  # type: ignore[operator]  # both alive: read
 
         broker.start(port=int(bootstrap.rsplit(":", 1)[1]))
         print("broker back; waiting for rides to be produced and confirmed again", file=sys.stderr)

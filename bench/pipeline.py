@@ -300,7 +300,7 @@ def bench(bootstrap: str, kafka_version: str, n: int, seed: int, work_dir: Path,
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    def run(bootstrap: str, kafka_version: str, _broker_pid: int | None, work_dir: Path, procs: list) -> Report:
+    def run(bootstrap: str, kafka_version: str, _broker_pids: list[int], work_dir: Path, procs: list) -> Report:
         baseline = resolve_rev(args.baseline) if args.baseline else None
         return bench(bootstrap, kafka_version, args.rides, args.seed, work_dir, procs, baseline,
                      *((QUICK_LATENCY_SECONDS, QUICK_RIDES) if args.quick else ()))

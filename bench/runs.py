@@ -150,6 +150,25 @@ def peak_rss_mb(pid: int) -> float | None:
     return int(kb) / 1024 if kb else None
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """A process's CPU time so far (user + system, all its threads), from /proc/<pid>/stat; None if it is gone."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": the comm may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values[:8]) - idle, sum(values[:8])
+
+
 def watch_catch_up(script: Run, admin_client, group: str, source: str, n: int) -> tuple[float, float | None]:
     """Wait until `group` has committed all N records of `source`; returns (rate from the first committed
     batch to the N-th, the script's peak RSS just before that), the script still running."""
@@ -290,35 +309,41 @@ def _raise_stopped(signum, frame):
 
 
 def on_a_broker(bootstrap_servers: str | None, folder_prefix: str,
-                bench: Callable[[str, str, int | None, Path, list], R], show: Callable[[R], str]) -> int:
-    """A bench's main: in a temporary folder, on the given cluster or on a broker of its own (tools.broker), run
-    bench(bootstrap, kafka_version, broker_pid, work_dir, procs) and print show(report) with its wall time. Every
-    subprocess put in procs, and the broker, is stopped (by pid) whatever happens; SIGTERM stops it as Ctrl-C
+                bench: Callable[[str, str, list[int], Path, list], R], show: Callable[[R], str], nodes: int = 1) -> int:
+    """A bench's main: in a temporary folder, on the given cluster or on a Kafka of its own (tools.broker's one
+    broker, or tools.cluster's `nodes` nodes), run bench(bootstrap, kafka_version, broker_pids, work_dir, procs)
+    and print show(report) with its wall time. broker_pids: the JVMs it started (none on a given cluster). Every
+    subprocess put in procs, and the brokers, are stopped (by pid) whatever happens; SIGTERM stops it as Ctrl-C
     does; an error is one line and exit 1."""
     signal.signal(signal.SIGTERM, _raise_stopped)
     from tools.broker import KAFKA_VERSION, BrokerError, LocalBroker
+    from tools.cluster import LocalCluster
 
     procs: list = []  # every subprocess started, killed (by pid) in finally if still running
-    broker = None
+    broker: LocalBroker | LocalCluster | None = None
+    broker_pids: list[int] = []
     wall = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix=folder_prefix) as tmp:
             work_dir = Path(tmp)
             try:
                 if bootstrap_servers:
-                    bootstrap, kafka_version, broker_pid = bootstrap_servers, "(existing cluster)", None
+                    bootstrap, kafka_version = bootstrap_servers, "(existing cluster)"
                 else:
-                    progress("starting a local Kafka broker")
-                    broker = LocalBroker(data_dir=work_dir / "kafka")
+                    progress("starting a local Kafka broker" if nodes == 1 else f"starting a local {nodes}-node Kafka")
+                    broker = LocalBroker(data_dir=work_dir / "kafka") if nodes == 1 else \
+                        LocalCluster(work_dir / "kafka", nodes=nodes)
                     bootstrap = broker.start(port=0, fresh=True)
-                    kafka_version, broker_pid = KAFKA_VERSION, broker.pid
-                    progress(f"broker ready at {bootstrap}")
-                report = bench(bootstrap, kafka_version, broker_pid, work_dir, procs)
+                    kafka_version = KAFKA_VERSION
+                    pids = [broker.pid] if isinstance(broker, LocalBroker) else list(broker.node_pids.values())
+                    broker_pids = [pid for pid in pids if pid is not None]
+                    progress(f"Kafka ready at {bootstrap}")
+                report = bench(bootstrap, kafka_version, broker_pids, work_dir, procs)
             finally:
                 for proc in procs:
                     proc.kill()
                 if broker is not None:
-                    progress("stopping the broker")
+                    progress("stopping Kafka")
                     broker.stop()
     except (KeyboardInterrupt, Stopped):
         print("bench: interrupted; everything it started is stopped", file=sys.stderr)
