@@ -1,7 +1,8 @@
 """`make demo`: get a Kafka broker, run a few hundred rides through the pipeline's scripts, stop everything.
 
 Where the broker comes from, first match wins:
-1. --bootstrap-servers: that cluster, nothing is started;
+1. --bootstrap-servers: that cluster, nothing is started (a secured one: the RIDES_SECURITY_PROTOCOL, RIDES_SASL_*
+   and RIDES_SSL_* variables the scripts read say how to log in, for the demo's own clients too);
 2. one already answers on localhost:9092 (`docker compose up -d`, `python -m tools.broker`): use it, leave it;
 3. a Docker engine answers: `docker compose up -d --wait` here, `docker compose down` at the end;
 4. otherwise the local launcher (tools.broker) on port 9092 (any free port if taken), in a temporary
@@ -35,6 +36,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # `python tools/demo.py` puts tools/ on the path, not the project. Appended, not prepended: the project's
@@ -114,10 +116,27 @@ def _compose_command() -> list[str] | None:
     return None
 
 
-def acquire_broker(stack: contextlib.ExitStack, bootstrap: str | None) -> str:
-    """Bootstrap servers of a ready broker; whatever this starts, `stack` stops."""
+def security_options() -> dict[str, Any]:
+    """How the demo's own clients reach Kafka: the same RIDES_SECURITY_PROTOCOL, RIDES_SASL_* and RIDES_SSL_*
+    variables the scripts read (they inherit the demo's environment), so that the cluster may be a secured one."""
+    from pydantic import ValidationError
+
+    from common import clients
+    from common.settings import Settings
+
+    try:
+        return clients.security(Settings())
+    except ValidationError as e:
+        error = e.errors()[0]
+        where = "_".join(str(part) for part in error["loc"]).upper()
+        raise BrokerError(f"RIDES_{where} in the environment: {error['msg']}") from None
+
+
+def acquire_broker(stack: contextlib.ExitStack, bootstrap: str | None, options: dict[str, Any]) -> str:
+    """Bootstrap servers of a ready broker, reached with these client options (security_options()); whatever this
+    starts, `stack` stops."""
     if bootstrap:
-        if not metadata_ok(bootstrap, timeout_ms=10000):
+        if not metadata_ok(bootstrap, timeout_ms=10000, client_options=options):
             raise BrokerError(f"no Kafka answers at {bootstrap} (--bootstrap-servers). Fix: start it, or drop the "
                               "flag to let the demo start one")
         say(f"using the broker at {bootstrap} (--bootstrap-servers)")
@@ -125,7 +144,7 @@ def acquire_broker(stack: contextlib.ExitStack, bootstrap: str | None) -> str:
 
     if _something_listens(DEFAULT_HOST, DEFAULT_PORT):
         bootstrap = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
-        if not metadata_ok(bootstrap, timeout_ms=10000):
+        if not metadata_ok(bootstrap, timeout_ms=10000, client_options=options):
             raise BrokerError(
                 f"something listens on {bootstrap} but does not answer as Kafka. "
                 "Fix: stop it, or start Kafka there (`docker compose up -d` or `python -m tools.broker`)"
@@ -133,6 +152,9 @@ def acquire_broker(stack: contextlib.ExitStack, bootstrap: str | None) -> str:
         say(f"using the broker already running at {bootstrap} (left running)")
         return bootstrap
 
+    if options["security_protocol"] != "PLAINTEXT":
+        raise BrokerError(f"RIDES_SECURITY_PROTOCOL is {options['security_protocol']}, but a broker the demo starts "
+                          f"speaks PLAINTEXT. Fix: pass --bootstrap-servers (the secured cluster), or unset it")
     compose = _compose_command()
     if compose:
         say("starting Kafka with docker compose (stopped again at the end)")
@@ -266,7 +288,7 @@ class Scripts:
 class Progress:
     """How far the rides got, seen from outside the scripts: the topics, the outbox and analysis' state."""
 
-    def __init__(self, bootstrap: str, topic_prefix: str, outbox: Path, state: Path) -> None:
+    def __init__(self, bootstrap: str, topic_prefix: str, outbox: Path, state: Path, options: dict[str, Any]) -> None:
         from kafka import KafkaConsumer
 
         from common import topics
@@ -277,6 +299,7 @@ class Progress:
         # A reader, not a member of the pipeline: no group, no commits, every partition from the start.
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
+            **options,  # TLS and the SASL login, as the scripts have them
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",  # what email.py and analysis.py see: no aborted transactions
@@ -430,7 +453,8 @@ def request_over_http(url: str, run_id: str) -> list[str]:
     return ride_ids
 
 
-def run_pipeline(scripts: Scripts, bootstrap: str, run_dir: Path, rides: int, rate: float, keep: float) -> None:
+def run_pipeline(scripts: Scripts, bootstrap: str, options: dict[str, Any], run_dir: Path, rides: int, rate: float,
+                 keep: float) -> None:
     """Start the consumers and the API, produce the rides, wait until everything is done, stop, reconcile."""
     outbox, state = run_dir / "outbox", run_dir / "analysis.db"
     tag = scripts.topic_prefix  # also the consumer groups' prefix: a reused broker knows none of them
@@ -451,7 +475,7 @@ def run_pipeline(scripts: Scripts, bootstrap: str, run_dir: Path, rides: int, ra
         raise Failed(f"rides.py exited with code {code}: {scripts.last_line.get('rides', '(no output)')}")
     acknowledged = _number(scripts.summaries, "rides", "acknowledged")
 
-    progress = Progress(bootstrap, scripts.topic_prefix, outbox, state)
+    progress = Progress(bootstrap, scripts.topic_prefix, outbox, state, options)
     try:
         wait_until_settled(scripts, progress, acknowledged + len(via_api), SETTLE_TIMEOUT)
     finally:
@@ -524,12 +548,13 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = None
     try:
         with contextlib.ExitStack() as stack:
-            bootstrap = acquire_broker(stack, args.bootstrap_servers)
+            options = security_options()
+            bootstrap = acquire_broker(stack, args.bootstrap_servers, options)
             run_dir = Path(tempfile.mkdtemp(prefix=f"rides-demo-{run_id}-"))  # kept: the emails are in it
             say(f"run {run_id}: topics and consumer groups prefixed {topic_prefix!r}; outbox {run_dir / 'outbox'}")
             scripts = Scripts(bootstrap, topic_prefix)
             stack.callback(scripts.stop_all)  # runs before the broker stops: scripts first
-            run_pipeline(scripts, bootstrap, run_dir, args.rides, args.rate, args.keep)
+            run_pipeline(scripts, bootstrap, options, run_dir, args.rides, args.rate, args.keep)
     except Failed as e:
         print(f"demo: FAILED: {e}", file=sys.stderr, flush=True)
         say(f"emails so far in {run_dir}/outbox; everything the demo started is stopped")

@@ -185,3 +185,33 @@ def test_secure_is_for_one_broker(capsys):
     assert "--secure is for one broker" in capsys.readouterr().err
     with pytest.raises(ValueError):
         broker.LocalBroker(secure=True, voters={1: 9093})
+
+
+def test_the_demo_takes_the_scripts_security_variables_and_will_not_start_a_plaintext_broker_for_them(monkeypatch):
+    import contextlib
+
+    from tools import demo
+
+    for name in [n for n in os.environ if n.startswith("RIDES_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("RIDES_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("RIDES_SASL_USERNAME", "rides")
+    monkeypatch.setenv("RIDES_SASL_PASSWORD", "s3cret")
+    options = demo.security_options()
+    assert options["security_protocol"] == "SASL_SSL" and options["sasl_plain_password"] == "s3cret"
+    # Nothing on localhost:9092: the demo would start a PLAINTEXT broker, which the scripts could not log in to.
+    monkeypatch.setattr(demo, "_something_listens", lambda host, port: False)
+    started = []
+    monkeypatch.setattr(demo, "LocalBroker", lambda *a, **k: started.append("broker"))
+    monkeypatch.setattr(demo, "_compose_command", lambda: started.append("compose"))
+    with contextlib.ExitStack() as stack, pytest.raises(demo.BrokerError, match="RIDES_SECURITY_PROTOCOL is SASL_SSL"):
+        demo.acquire_broker(stack, None, options)
+    assert started == []
+
+
+def test_a_bad_security_variable_is_one_line_for_the_demo(monkeypatch):
+    from tools import demo
+
+    monkeypatch.setenv("RIDES_SECURITY_PROTOCOL", "TLS")
+    with pytest.raises(demo.BrokerError, match=r"^RIDES_SECURITY_PROTOCOL in the environment: "):
+        demo.security_options()
