@@ -128,14 +128,20 @@ def run_rides(tree: Path, bootstrap: str, prefix: str, n: int, seed: int, log_di
 
 def committed_total(admin, group: str, topic: str) -> int:
     """Rides of `topic` whose offsets group has committed (ride_details has no transaction markers:
-    the bench's producer is idempotent, not transactional, so offsets count records)."""
+    the bench's producer is idempotent, not transactional, so offsets count records); 0 while the group's
+    coordinator cannot answer."""
+    return committed_or_none(admin, group, topic) or 0
+
+
+def committed_or_none(admin, group: str, topic: str) -> int | None:
+    """committed_total, or None while the group's coordinator cannot answer (a figure must not read that as 0)."""
     from kafka.errors import KafkaError
 
     try:
         offsets = admin.list_group_offsets(group).get(group, {})
     except KafkaError as e:
         if e.retriable:  # no coordinator yet: the group (or __consumer_offsets itself) is being created
-            return 0
+            return None
         raise
     return sum(o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset > 0)
 

@@ -41,7 +41,7 @@ from runs import (  # noqa: E402
     BenchError,
     Run,
     admin,
-    committed_total,
+    committed_or_none,
     cpu_seconds,
     last_line,
     machine_busy,
@@ -57,6 +57,7 @@ NODES = 3
 DEFAULT_SEED = 7
 SETTLE_TIMEOUT = 120.0  # k Python starts and a group of k forming, on a loaded machine
 SAMPLE = 0.05  # how often committed offsets are read while confirming
+CPUS = len(os.sched_getaffinity(0))  # the cores this process (and the scripts and brokers it starts) may use
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Step:
     window_s: float
     before_window: int  # rides already committed when the window opened (decided while the producer wrote)
     produce_s: float
+    busy_before: float  # the machine's busy share in the second before the rides: the bench's own processes idle
     cores: dict[str, float]
     us_per_ride: dict[str, float]
     outcome: str
@@ -88,40 +90,79 @@ class ScaleReport:
 # ------------------------------------------------------------------------------------------ a run
 
 
-def members_assigned(client, group: str, topic: str) -> tuple[str, int, int]:
-    """(state, members, partitions of `topic` assigned among them) of a consumer group, as its coordinator says."""
-    from kafka.errors import KafkaError
+@dataclass(frozen=True)
+class Group:
+    """A consumer group as its coordinator describes it: its state, its members' ids, and how many partitions of
+    the topic looked at are assigned among them."""
 
-    try:
-        described = client.describe_groups([group])[group]
-    except KafkaError as e:
-        if e.retriable:  # the group's coordinator is still being found
-            return "unknown", 0, 0
-        raise
+    state: str
+    members: frozenset[str]
+    assigned: int
+
+
+def describe_group(described: dict, topic: str) -> Group:
+    """One entry of KafkaAdminClient.describe_groups() (kafka-python decodes each member's assignment into
+    {"assigned_partitions": [{"topic", "partitions"}, ...]}; one it could not decode stays bytes: not counted)."""
     assigned = 0
     for member in described.get("members") or []:
-        assignment = member.get("member_assignment") or {}
+        assignment = member.get("member_assignment")
+        if not isinstance(assignment, dict):
+            continue
         for entry in assignment.get("assigned_partitions") or []:
             if entry.get("topic") == topic:
                 assigned += len(entry.get("partitions") or [])
-    return str(described.get("group_state")), len(described.get("members") or []), assigned
+    members = frozenset(str(m.get("member_id")) for m in described.get("members") or [])
+    return Group(str(described.get("group_state")), members, assigned)
 
 
-def settle(client, group: str, topic: str, k: int, partitions: int, instances: list[Run]) -> None:
+def group_now(client, group: str, topic: str) -> Group:
+    from kafka.errors import KafkaError
+
+    try:
+        return describe_group(client.describe_groups([group])[group], topic)
+    except KafkaError as e:
+        if e.retriable:  # the group's coordinator is still being found
+            return Group("unknown", frozenset(), 0)
+        raise
+
+
+def settle(client, group: str, topic: str, k: int, partitions: int, instances: list[Run]) -> Group:
     """Wait until k members share all partitions of `topic` and the group is Stable, each instance running."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
-    seen = ("", 0, 0)
     while True:
-        for run in instances:
-            if not run.running:
-                raise BenchError(f"{run.label} exited {run.process.returncode}: {last_line(run.log())}")
-        seen = members_assigned(client, group, topic)
-        if seen == ("Stable", k, partitions):
-            return
+        check_running(instances)
+        seen = group_now(client, group, topic)
+        if seen.state == "Stable" and len(seen.members) == k and seen.assigned == partitions:
+            return seen
         if time.monotonic() > deadline:
-            raise BenchError(f"group {group}: state {seen[0]}, {seen[1]} members, {seen[2]} of {partitions} "
-                             f"partitions assigned after {SETTLE_TIMEOUT:.0f} s; expected Stable, {k}, {partitions}")
+            raise BenchError(f"group {group}: state {seen.state}, {len(seen.members)} members, {seen.assigned} of "
+                             f"{partitions} partitions assigned after {SETTLE_TIMEOUT:.0f} s; expected Stable, {k}, "
+                             f"{partitions}")
         time.sleep(0.2)
+
+
+def check_running(instances: list[Run]) -> None:
+    for run in instances:
+        if not run.running:
+            raise BenchError(f"{run.label} exited {run.process.returncode}: {last_line(run.log())}")
+
+
+def committed(client, group: str, topic: str) -> int:
+    """The group's committed offsets on the topic, asked again (not read as 0) while its coordinator cannot say."""
+    deadline = time.monotonic() + STALL_TIMEOUT
+    while (done := committed_or_none(client, group, topic)) is None:
+        if time.monotonic() > deadline:
+            raise BenchError(f"group {group}: its committed offsets unknown for {STALL_TIMEOUT:.0f} s")
+        time.sleep(SAMPLE)
+    return done
+
+
+def busy_share(seconds: float) -> float:
+    """The machine's busy share (0 to 1) over the next `seconds`."""
+    before = machine_busy()
+    time.sleep(seconds)
+    after = machine_busy()
+    return (after[0] - before[0]) / max(after[1] - before[1], 1)
 
 
 def cpu_of(pids: dict[str, list[int]]) -> dict[str, float]:
@@ -135,14 +176,14 @@ def cpu_of(pids: dict[str, list[int]]) -> dict[str, float]:
     return totals
 
 
-def shares(before: dict[str, float], after: dict[str, float], busy: tuple[float, float], window: float,
-           rides: int, cpus: int) -> tuple[dict[str, float], dict[str, float]]:
-    """(cores used, CPU microseconds per ride) by part over a window, plus "machine" (all cores' busy time) and
-    "other" (the machine's busy time that none of the parts accounts for: the bench itself, the system)."""
+def shares(before: dict[str, float], after: dict[str, float], busy_s: float, window: float,
+           rides: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(cores used, CPU microseconds per ride) by part over a window, plus "machine" (busy_s: every core's busy
+    time in the window, in CPU seconds) and "other" (the busy time none of the parts accounts for: the bench
+    itself, the system)."""
     used = {part: after[part] - before[part] for part in before}
-    machine = busy[0] / busy[1] * cpus * window if busy[1] else 0.0
-    used["other"] = max(0.0, machine - sum(used.values()))
-    used["machine"] = machine
+    used["other"] = max(0.0, busy_s - sum(used.values()))
+    used["machine"] = busy_s
     cores = {part: seconds / window for part, seconds in used.items()}
     per_ride = {part: seconds / rides * 1e6 for part, seconds in used.items()}
     return cores, per_ride
@@ -171,12 +212,14 @@ def run_step(k: int, records: list[tuple[bytes, bytes]], guarantee: str, bootstr
             run.label = f"transaction.py --instance {i}"
             procs.append(run)
             instances.append(run)
-        settle(client, group, source, k, partitions, instances)
-        progress(f"{k} instance(s): group stable; writing {n:,} rides")
+        settled = settle(client, group, source, k, partitions, instances)
+        idle_busy = busy_share(1.0)
+        progress(f"{k} instance(s): group stable (machine {idle_busy:.0%} busy before the rides); "
+                 f"writing {n:,} rides")
         pids = {"transaction.py": [r.process.pid for r in instances], "brokers": broker_pids}
 
         produce_s = raw_produce(bootstrap, source, records)
-        start_done, t0 = committed_total(client, group, source), time.perf_counter()
+        start_done, t0 = committed(client, group, source), time.perf_counter()
         cpu0, busy0 = cpu_of(pids), machine_busy()
         if start_done > n // 2:
             raise BenchError(f"{k} instance(s): {start_done:,} of {n:,} rides decided while they were written: "
@@ -184,10 +227,8 @@ def run_step(k: int, records: list[tuple[bytes, bytes]], guarantee: str, bootstr
         done, last_progress = start_done, time.monotonic()
         while done < n:
             time.sleep(SAMPLE)
-            for run in instances:
-                if not run.running:
-                    raise BenchError(f"{run.label} exited {run.process.returncode}: {last_line(run.log())}")
-            now_done = committed_total(client, group, source)
+            check_running(instances)
+            now_done = committed(client, group, source)
             if now_done > done:
                 done, last_progress = now_done, time.monotonic()
             elif time.monotonic() - last_progress > STALL_TIMEOUT:
@@ -196,18 +237,23 @@ def run_step(k: int, records: list[tuple[bytes, bytes]], guarantee: str, bootstr
         cpu1, busy1 = cpu_of(pids), machine_busy()
         if done != n:
             raise BenchError(f"{k} instance(s): {done:,} offsets committed for {n:,} rides")
+        # The same members, still stable: no rebalance (a member timed out on a loaded machine) fell in the window.
+        after = group_now(client, group, source)
+        if after != settled:
+            raise BenchError(f"{k} instance(s): the group changed during the window ({settled} then {after}): "
+                             f"a rebalance, not a steady rate; run again on a quieter machine")
     finally:
         client.close()
 
     decided = n - start_done
-    cores, per_ride = shares(cpu0, cpu1, (busy1[0] - busy0[0], busy1[1] - busy0[1]), window, decided,
-                             os.cpu_count() or 1)
+    busy_s = (busy1[0] - busy0[0]) / os.sysconf("SC_CLK_TCK")  # /proc/stat counts in clock ticks
+    cores, per_ride = shares(cpu0, cpu1, busy_s, window, decided)
     for run in instances:
         run.stop()
     summary = summed([run.log() for run in instances])
     outcome = reconcile(bootstrap, prefix, guarantee, n, summary, {key for key, _ in records})
     step = Step(instances=k, rides=n, rate=decided / window, window_s=window, before_window=start_done,
-                produce_s=produce_s, cores=cores, us_per_ride=per_ride, outcome=outcome)
+                produce_s=produce_s, busy_before=idle_busy, cores=cores, us_per_ride=per_ride, outcome=outcome)
     progress(f"{k} instance(s): {step.rate:,.0f} rides/s; {outcome}")
     return step
 
@@ -249,7 +295,8 @@ def format_table(report: ScaleReport) -> str:
     lines.append("")
     for s in report.steps:
         lines.append(f"{s.instances} instance(s): {s.outcome}; window {s.window_s:.1f} s "
-                     f"({s.before_window:,} rides decided while the {s.rides:,} were written in {s.produce_s:.1f} s)")
+                     f"({s.before_window:,} rides decided while the {s.rides:,} were written in {s.produce_s:.1f} s; "
+                     f"machine {s.busy_before:.0%} busy before)")
     if report.steps:
         last = report.steps[-1]
         cost = last.us_per_ride["transaction.py"] + last.us_per_ride["brokers"] + last.us_per_ride["other"]
@@ -296,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def bench(bootstrap: str, kafka_version: str, broker_pids: list[int], work_dir: Path, procs: list) -> ScaleReport:
         records = ride_records(args.rides, args.seed)
-        report = ScaleReport(guarantee=args.guarantee, nodes=len(broker_pids), cpus=os.cpu_count() or 1,
+        report = ScaleReport(guarantee=args.guarantee, nodes=len(broker_pids), cpus=CPUS,
                              kafka=kafka_version)
         for k in args.counts:
             report.steps.append(run_step(k, records, args.guarantee, bootstrap, broker_pids, work_dir, procs))

@@ -94,6 +94,8 @@ class Changelog(consume.LogAssignment):
         self._reader.assign(tps)
         self._reader.seek_to_beginning(*tps)
         count = len(self._reader.partitions_for_topic(self.topic) or ())
+        if not count:  # created a moment ago, and the broker that answered has not learned of it yet: retried
+            raise KafkaTimeoutError(f"{self.topic} is not known yet to the broker that answered")
         restored, progress_at = 0, time.monotonic()
         while any(self._behind(tp, end[tp]) for tp in tps):
             if self.shutdown.requested:

@@ -45,7 +45,8 @@ sys.path.append(str(PROJECT_ROOT))
 
 from kafka.errors import KafkaError  # noqa: E402
 
-from common import cli  # noqa: E402
+from common import cli, clients  # noqa: E402
+from common.settings import Settings  # noqa: E402
 from common.stats import load_state  # noqa: E402
 from tools.broker import BrokerError, LocalBroker, metadata_ok, port_is_free, wait_until_ready  # noqa: E402
 
@@ -116,39 +117,42 @@ def _compose_command() -> list[str] | None:
     return None
 
 
-def security_options() -> dict[str, Any]:
+def kafka_settings() -> Settings:
     """How the demo's own clients reach Kafka: the same RIDES_SECURITY_PROTOCOL, RIDES_SASL_* and RIDES_SSL_*
-    variables the scripts read (they inherit the demo's environment), so that the cluster may be a secured one."""
+    variables (and .env) the scripts read, so that the cluster may be a secured one. Read from the project root,
+    where the scripts run (they inherit the demo's environment)."""
     from pydantic import ValidationError
 
-    from common import clients
-    from common.settings import Settings
-
     try:
-        return clients.security(Settings())
+        return Settings()
     except ValidationError as e:
         error = e.errors()[0]
         where = "_".join(str(part) for part in error["loc"]).upper()
-        raise BrokerError(f"RIDES_{where} in the environment: {error['msg']}") from None
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise BrokerError(f"RIDES_{where} in the environment: {message}" if where else
+                          f"the RIDES_* variables in the environment: {message}") from None
 
 
-def acquire_broker(stack: contextlib.ExitStack, bootstrap: str | None, options: dict[str, Any]) -> str:
-    """Bootstrap servers of a ready broker, reached with these client options (security_options()); whatever this
-    starts, `stack` stops."""
+def acquire_broker(stack: contextlib.ExitStack, bootstrap: str | None, settings: Settings) -> str:
+    """Bootstrap servers of a ready broker, reached as `settings` say (TLS, a login); whatever this starts,
+    `stack` stops."""
+    options = clients.security(settings)
     if bootstrap:
         if not metadata_ok(bootstrap, timeout_ms=10000, client_options=options):
-            raise BrokerError(f"no Kafka answers at {bootstrap} (--bootstrap-servers). Fix: start it, or drop the "
-                              "flag to let the demo start one")
+            cause = clients.diagnose(settings.model_copy(update={"bootstrap_servers": bootstrap}))
+            raise BrokerError(cause or f"no Kafka answers at {bootstrap} (--bootstrap-servers). Fix: start it, or "
+                              "drop the flag to let the demo start one")
         say(f"using the broker at {bootstrap} (--bootstrap-servers)")
         return bootstrap
 
     if _something_listens(DEFAULT_HOST, DEFAULT_PORT):
         bootstrap = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
         if not metadata_ok(bootstrap, timeout_ms=10000, client_options=options):
-            raise BrokerError(
+            cause = clients.diagnose(settings.model_copy(update={"bootstrap_servers": bootstrap}))
+            raise BrokerError(cause or (
                 f"something listens on {bootstrap} but does not answer as Kafka. "
                 "Fix: stop it, or start Kafka there (`docker compose up -d` or `python -m tools.broker`)"
-            )
+            ))
         say(f"using the broker already running at {bootstrap} (left running)")
         return bootstrap
 
@@ -548,8 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = None
     try:
         with contextlib.ExitStack() as stack:
-            options = security_options()
-            bootstrap = acquire_broker(stack, args.bootstrap_servers, options)
+            os.chdir(PROJECT_ROOT)  # where the scripts run: the same .env, the same relative certificate paths
+            settings = kafka_settings()
+            options = clients.security(settings)
+            bootstrap = acquire_broker(stack, args.bootstrap_servers, settings)
             run_dir = Path(tempfile.mkdtemp(prefix=f"rides-demo-{run_id}-"))  # kept: the emails are in it
             say(f"run {run_id}: topics and consumer groups prefixed {topic_prefix!r}; outbox {run_dir / 'outbox'}")
             scripts = Scripts(bootstrap, topic_prefix)

@@ -197,7 +197,8 @@ def test_the_demo_takes_the_scripts_security_variables_and_will_not_start_a_plai
     monkeypatch.setenv("RIDES_SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("RIDES_SASL_USERNAME", "rides")
     monkeypatch.setenv("RIDES_SASL_PASSWORD", "s3cret")
-    options = demo.security_options()
+    settings = demo.kafka_settings()
+    options = clients.security(settings)
     assert options["security_protocol"] == "SASL_SSL" and options["sasl_plain_password"] == "s3cret"
     # Nothing on localhost:9092: the demo would start a PLAINTEXT broker, which the scripts could not log in to.
     monkeypatch.setattr(demo, "_something_listens", lambda host, port: False)
@@ -205,7 +206,7 @@ def test_the_demo_takes_the_scripts_security_variables_and_will_not_start_a_plai
     monkeypatch.setattr(demo, "LocalBroker", lambda *a, **k: started.append("broker"))
     monkeypatch.setattr(demo, "_compose_command", lambda: started.append("compose"))
     with contextlib.ExitStack() as stack, pytest.raises(demo.BrokerError, match="RIDES_SECURITY_PROTOCOL is SASL_SSL"):
-        demo.acquire_broker(stack, None, options)
+        demo.acquire_broker(stack, None, settings)
     assert started == []
 
 
@@ -214,4 +215,9 @@ def test_a_bad_security_variable_is_one_line_for_the_demo(monkeypatch):
 
     monkeypatch.setenv("RIDES_SECURITY_PROTOCOL", "TLS")
     with pytest.raises(demo.BrokerError, match=r"^RIDES_SECURITY_PROTOCOL in the environment: "):
-        demo.security_options()
+        demo.kafka_settings()
+    # A rule across settings has no one variable to name, and no "Value error, " prefix.
+    monkeypatch.setenv("RIDES_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.delenv("RIDES_SASL_USERNAME", raising=False)
+    with pytest.raises(demo.BrokerError, match=r"^the RIDES_\* variables in the environment: [^V]"):
+        demo.kafka_settings()
