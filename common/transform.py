@@ -226,22 +226,43 @@ class TransformLoop:
 
     def _await_delivery(self, futures: list) -> None:
         """Wait until the broker has every output of the batch; raise the first failure."""
-        stop_by = None
-        while True:
+
+        def flushed(timeout_s: float) -> bool:
             try:
-                self.producer.flush(timeout=1.0)  # in steps, to notice a stop request during an outage
-                if reachability.said_lost(self.producer):  # in mid-batch (below), maybe a batch ago: say it is
-                    reachability.check(self.producer)     # back here, where the consumer never saw it go
-                break
+                self.producer.flush(timeout=timeout_s)
+                return True
             except KafkaTimeoutError:
-                reachability.check(self.producer)  # an outage in mid-batch never reaches poll_batch
-                if self.shutdown.requested:
-                    stop_by = stop_by or time.monotonic() + STOP_GRACE
-                    if time.monotonic() > stop_by:
-                        raise Stopped() from None
+                return False
+
+        self._wait(flushed)
         for f in futures:
             if f.failed():
                 raise f.exception
+
+    def _transactional(self, request: Callable[[Any], Any]) -> None:
+        """One transactional request (the batch's offsets, its commit, an abort) of the producer's transaction
+        manager, sent and awaited through _wait. KafkaProducer's own send_offsets_to_transaction(),
+        commit_transaction() and abort_transaction() wait for the answer with no timeout: with the broker gone in
+        mid-batch they would block until it is back, deaf to a stop request, and the health check would say
+        "stuck" instead of "Kafka unreachable". The same calls, by way of the private but pinned (kafka-python
+        3.0.12) transaction manager and sender."""
+        result = request(self.producer._transaction_manager)
+        self.producer._sender.wakeup()
+        self._wait(lambda timeout_s: bool(result.wait(timeout_ms=timeout_s * 1000)))  # raises the request's error
+
+    def _wait(self, done: Callable[[float], bool]) -> None:
+        """Call done(timeout_s) until it says True, a second at a time: between two steps an outage in mid-batch
+        is noticed (poll_batch, which notices the others, does not run meanwhile) and a stop request heard (the
+        batch is given up STOP_GRACE s later: Stopped)."""
+        stop_by = None
+        while not done(1.0):
+            reachability.check(self.producer)
+            if self.shutdown.requested:
+                stop_by = stop_by or time.monotonic() + STOP_GRACE
+                if time.monotonic() > stop_by:
+                    raise Stopped() from None
+        if reachability.said_lost(self.producer):  # in mid-batch, maybe a batch ago: say it is back here, where
+            reachability.check(self.producer)     # the consumer never saw it go
 
     def _changelog(self) -> list:
         return self.changelog.send(self.producer) if self.changelog else []
@@ -262,8 +283,9 @@ class TransformLoop:
             self._await_delivery(futures)
             # The offsets are committed with the outputs, or not at all: never one without the other.
             # The group metadata lets the broker refuse them if this instance lost the partitions.
-            self.producer.send_offsets_to_transaction(consume.next_offsets(records), self.consumer.group_metadata())
-            self.producer.commit_transaction()
+            offsets, group = consume.next_offsets(records), self.consumer.group_metadata()
+            self._transactional(lambda manager: manager.send_offsets_to_transaction(offsets, group))
+            self._transactional(lambda manager: manager.begin_commit())
             self.in_transaction = False
         else:
             self._await_delivery([send() for send in self.outputs(records, now)])  # outputs first ...
@@ -308,7 +330,7 @@ class TransformLoop:
                 self._new_producer(f"the broker aborted the transaction open for {time.monotonic() - started:.0f} s")
             else:
                 try:
-                    self.producer.abort_transaction()
+                    self._transactional(lambda manager: manager.begin_abort())
                 except KafkaError as e:
                     if is_fatal(e) and not timed_out:
                         raise Fatal(self._fatal_message(e)) from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Literal
 
 import pytest
@@ -55,14 +56,47 @@ class FakeProducer:
     def flush(self, timeout=None):
         self._call("flush")
 
+    @property
+    def _transaction_manager(self):  # what common.transform sends its transactional requests through
+        return Transactions(self)
+
+    @property
+    def _sender(self):
+        return SimpleNamespace(wakeup=lambda: None)
+
+
+class Result:
+    """A transactional request's result, as kafka-python's TransactionManager returns it: wait() raises its
+    error, or says whether it is done."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    def wait(self, timeout_ms=None) -> bool:
+        if self.error is not None:
+            raise self.error
+        return True
+
+
+class Transactions:
+    def __init__(self, producer: FakeProducer) -> None:
+        self.producer = producer
+
+    def _request(self, name: str, *args) -> Result:
+        try:
+            self.producer._call(name, *args)
+        except KafkaConnectionError as e:
+            return Result(e)
+        return Result()
+
     def send_offsets_to_transaction(self, offsets, metadata):
-        self._call("offsets", {tp.partition: om.offset for tp, om in offsets.items()})
+        return self._request("offsets", {tp.partition: om.offset for tp, om in offsets.items()})
 
-    def commit_transaction(self):
-        self._call("commit")
+    def begin_commit(self):
+        return self._request("commit")
 
-    def abort_transaction(self):
-        self._call("abort")
+    def begin_abort(self):
+        return self._request("abort")
 
 
 class FakeConsumer:
@@ -210,6 +244,33 @@ def test_a_stop_while_kafka_does_not_take_the_outputs_gives_up_on_the_batch(monk
     t.shutdown.request()
     with pytest.raises(Stopped):
         t.commit(batch(1))
+
+
+@pytest.mark.parametrize("stuck", ["offsets", "commit"])
+def test_a_transactional_request_kafka_does_not_answer_notices_the_outage_and_hears_a_stop(monkeypatch, stuck):
+    # Seen in the suite: the broker went away while transaction.py committed a batch; KafkaProducer's
+    # commit_transaction() waits with no timeout, so for 60 s its /healthz said "stuck" instead of "Kafka
+    # unreachable", and a SIGTERM then would not have been heard until Kafka came back.
+    calls: list = []
+    t = transform_loop(calls, fail_on=None)
+
+    class Pending(Result):
+        def wait(self, timeout_ms=None) -> bool:
+            calls.append(("waited", timeout_ms))
+            return False  # not answered within the step
+
+    request = Transactions._request
+    monkeypatch.setattr(Transactions, "_request", lambda self, name, *args: Pending() if name == stuck
+                        else request(self, name, *args))
+    checked = []
+    monkeypatch.setattr(transform.reachability, "check", lambda client: checked.append(client))
+    monkeypatch.setattr(transform, "STOP_GRACE", 0.0)
+    t.shutdown.request()
+    with pytest.raises(Stopped):
+        t.commit(batch(1))
+    assert ("waited", 1000.0) in calls and checked == [t.producer] * len(checked) and checked
+    if stuck == "offsets":
+        assert "commit" not in names(calls)  # a batch is never committed without its offsets
 
 
 def test_fenced_errors_are_fatal_and_others_are_not():
