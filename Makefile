@@ -18,18 +18,21 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
-# The whole suite against a real broker (see README: how the tests find one), but the failover test, which needs
-# a three-node cluster of its own and runs on its own: `make failover`.
+# The suite against a real broker (see README: how the tests find one), but for its two heaviest parts, each a
+# target of its own (.ci/run runs all three): the crash and outage runs (`make chaos`) and the tests on a
+# three-node cluster of their own (`make failover`).
 test: venv
-	$(PY) -m pytest -m "not failover" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not failover and not chaos" $(PYTEST_ARGS)
 
 # On a three-node cluster: rides flow while the leader of ride_details[0] is SIGKILLed, restarted, then every node
 # restarted in turn; nothing lost or duplicated, one email per ride, analysis exact; the stall of each failover.
+# With it, the launcher's cluster tests and a quick run of the scale-out bench.
 failover: venv
 	$(PY) -m pytest -m failover -s $(PYTEST_ARGS)
 
-# The crash test on its own: rides flow while scripts are SIGKILLed and the broker restarts.
-# `make chaos REPEAT=10` runs it ten times in a row (a new random schedule each time) and stops at the
+# The crash and outage runs: rides flow while scripts are SIGKILLed and the broker restarts (the chaos test),
+# the broker goes away under the scripts or while they start (test_outage, test_startup), kill -9 mid-stream.
+# `make chaos REPEAT=10` runs them ten times in a row (a new random schedule each time) and stops at the
 # first failure, saying how many consecutive runs passed.
 REPEAT ?= 1
 chaos: venv

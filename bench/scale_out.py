@@ -57,6 +57,7 @@ NODES = 3
 DEFAULT_SEED = 7
 SETTLE_TIMEOUT = 120.0  # k Python starts and a group of k forming, on a loaded machine
 SAMPLE = 0.05  # how often committed offsets are read while confirming
+QUIET, QUIET_TIMEOUT = 0.35, 30.0  # an idle three-node cluster keeps about a quarter of 2 cores busy here
 CPUS = len(os.sched_getaffinity(0))  # the cores this process (and the scripts and brokers it starts) may use
 
 
@@ -71,6 +72,7 @@ class Step:
     window_s: float
     before_window: int  # rides already committed when the window opened (decided while the producer wrote)
     produce_s: float
+    rides_a_transaction: float  # the whole run's rides over its committed batches (transactions, exactly-once)
     busy_before: float  # the machine's busy share in the second before the rides: the bench's own processes idle
     cores: dict[str, float]
     us_per_ride: dict[str, float]
@@ -157,6 +159,16 @@ def committed(client, group: str, topic: str) -> int:
     return done
 
 
+def quiet() -> float:
+    """Wait (up to QUIET_TIMEOUT s) until the machine is mostly idle: instances just started are still warming up
+    (their producers' transactions, the changelog's first read) and the brokers settling the group. Returns the
+    busy share of the last second."""
+    deadline = time.monotonic() + QUIET_TIMEOUT
+    while (busy := busy_share(1.0)) > QUIET and time.monotonic() < deadline:
+        pass
+    return busy
+
+
 def busy_share(seconds: float) -> float:
     """The machine's busy share (0 to 1) over the next `seconds`."""
     before = machine_busy()
@@ -213,7 +225,7 @@ def run_step(k: int, records: list[tuple[bytes, bytes]], guarantee: str, bootstr
             procs.append(run)
             instances.append(run)
         settled = settle(client, group, source, k, partitions, instances)
-        idle_busy = busy_share(1.0)
+        idle_busy = quiet()
         progress(f"{k} instance(s): group stable (machine {idle_busy:.0%} busy before the rides); "
                  f"writing {n:,} rides")
         pids = {"transaction.py": [r.process.pid for r in instances], "brokers": broker_pids}
@@ -253,7 +265,8 @@ def run_step(k: int, records: list[tuple[bytes, bytes]], guarantee: str, bootstr
     summary = summed([run.log() for run in instances])
     outcome = reconcile(bootstrap, prefix, guarantee, n, summary, {key for key, _ in records})
     step = Step(instances=k, rides=n, rate=decided / window, window_s=window, before_window=start_done,
-                produce_s=produce_s, busy_before=idle_busy, cores=cores, us_per_ride=per_ride, outcome=outcome)
+                produce_s=produce_s, rides_a_transaction=n / max(int(summary.get("batches", 0)), 1),
+                busy_before=idle_busy, cores=cores, us_per_ride=per_ride, outcome=outcome)
     progress(f"{k} instance(s): {step.rate:,.0f} rides/s; {outcome}")
     return step
 
@@ -296,7 +309,7 @@ def format_table(report: ScaleReport) -> str:
     for s in report.steps:
         lines.append(f"{s.instances} instance(s): {s.outcome}; window {s.window_s:.1f} s "
                      f"({s.before_window:,} rides decided while the {s.rides:,} were written in {s.produce_s:.1f} s; "
-                     f"machine {s.busy_before:.0%} busy before)")
+                     f"machine {s.busy_before:.0%} busy before; {s.rides_a_transaction:,.0f} rides a batch)")
     if report.steps:
         last = report.steps[-1]
         cost = last.us_per_ride["transaction.py"] + last.us_per_ride["brokers"] + last.us_per_ride["other"]

@@ -20,6 +20,8 @@ from tests.integration.test_broker import _alive, _wait_gone
 from tools.broker import BrokerError, check_java, resolve_libs
 from tools.cluster import LocalCluster
 
+pytestmark = pytest.mark.failover  # three nodes of its own: `make failover`, with the failover proof
+
 RUN = uuid.uuid4().hex[:8]
 TOPIC = f"replicated.{RUN}"
 GROUP = f"cluster-test.{RUN}"

@@ -200,6 +200,7 @@ def test_email_is_idempotent_across_a_replay_and_the_crash_window(run):
     assert again.log().count("may have been emailed just before a crash") == 2
 
 
+@pytest.mark.chaos  # `make chaos`, with the other crash and outage runs
 def test_kill_9_mid_stream_analysis_stays_exact_and_email_sends_each_ride_once(run):
     rides = confirmed_rides(600, seed=3)
     done = threading.Event()

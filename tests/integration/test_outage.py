@@ -28,6 +28,8 @@ from tests.integration.pipeline import (
 )
 from tools.broker import free_port
 
+pytestmark = pytest.mark.chaos  # the broker goes away under the scripts: `make chaos`, not `make test`
+
 RIDES = 50
 WAITING = r"Kafka is not reachable at \S+ yet"
 OUTAGE = 10.0  # seconds of the outage whose CPU is measured

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.integration.pipeline import Script, unique_prefix
+
+pytestmark = pytest.mark.chaos  # the broker restarts under the scripts: `make chaos`, not `make test`
 
 UNREACHABLE = r"WARNING .*Kafka is unreachable at \S+ \(since [\d:]+\); waiting for it"
 BACK = r"INFO .*Kafka is back at \S+ after \d+ s"

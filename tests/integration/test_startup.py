@@ -17,6 +17,8 @@ import pytest
 from tests.integration.pipeline import Script, keys, parse_summary, read_all, unique_prefix, wait_until
 from tools.broker import free_port
 
+pytestmark = pytest.mark.chaos  # the broker stops while the scripts start: `make chaos`, not `make test`
+
 RIDES = 20
 SEED = random.SystemRandom().randrange(2**16)
 _rng = random.Random(SEED)

@@ -209,6 +209,7 @@ def test_malformed_records_are_dead_lettered_and_rides_after_them_confirmed(kafk
     assert "ride_details[" in tx.log() and "set aside in" in tx.log()  # names topic[partition]@offset
 
 
+@pytest.mark.chaos  # `make chaos`, with the other crash and outage runs
 def test_kill_9_mid_stream_still_exactly_once(kafka_bootstrap, prefix, tmp_path):
     with Script("rides.py", "--count", "900", "--rate", "150", "--seed", "6", bootstrap=kafka_bootstrap,
                 prefix=prefix, log_dir=tmp_path) as rides:
@@ -227,6 +228,7 @@ def test_kill_9_mid_stream_still_exactly_once(kafka_bootstrap, prefix, tmp_path)
     assert_exactly_once(confirmed, rejected, want_confirmed, want_rejected)
 
 
+@pytest.mark.chaos
 def test_broker_restart_mid_stream_loses_nothing(kafka_bootstrap, restart_broker, prefix, tmp_path):
     with Script("rides.py", "--count", "800", "--rate", "100", "--seed", "7", bootstrap=kafka_bootstrap,
                 prefix=prefix, log_dir=tmp_path) as rides, \

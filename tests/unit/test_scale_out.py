@@ -56,7 +56,7 @@ def test_the_defaults_are_one_two_and_three_instances():
 
 def step(k: int, rate: float):
     return scale.Step(instances=k, rides=60_000, rate=rate, window_s=10.0, before_window=5000, produce_s=3.0,
-                      busy_before=0.02,
+                      rides_a_transaction=250.0, busy_before=0.02,
                       cores={"transaction.py": 0.9 * k, "brokers": 0.6, "other": 0.1, "machine": 1.6},
                       us_per_ride={"transaction.py": 250.0, "brokers": 150.0, "other": 20.0, "machine": 420.0},
                       outcome="each ride once")
