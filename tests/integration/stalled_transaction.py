@@ -12,6 +12,7 @@ import os
 import runpy
 import signal
 import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,20 +20,28 @@ sys.path.append(str(ROOT))  # appended: the project's email.py must not shadow t
 import common.stdlib_email  # noqa: E402, F401
 
 # isort: split
-from kafka import KafkaProducer  # noqa: E402
+from kafka.producer.transaction_manager import TransactionManager  # noqa: E402
 
-commit = KafkaProducer.commit_transaction
+# common.transform sends the commit through the producer's transaction manager (and awaits it a second at a
+# time): the stall goes where the commit begins.
+begin_commit = TransactionManager.begin_commit
 
 
-def stalled_commit(self: KafkaProducer) -> None:
+def stalled_commit(self: TransactionManager):
     print("stalled before commit_transaction", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGSTOP if HOW == "stop" else signal.SIGKILL)
-    commit(self)
-    print("committed after the stall", file=sys.stderr, flush=True)
-    os._exit(0)
+    result = begin_commit(self)
+
+    def exit_once_committed() -> None:
+        result.wait()
+        print("committed after the stall", file=sys.stderr, flush=True)
+        os._exit(0)
+
+    threading.Thread(target=exit_once_committed, daemon=True).start()
+    return result
 
 
 HOW = sys.argv[1]
-KafkaProducer.commit_transaction = stalled_commit
+TransactionManager.begin_commit = stalled_commit
 sys.argv = [str(ROOT / "transaction.py"), *sys.argv[2:]]
 runpy.run_path(str(ROOT / "transaction.py"), run_name="__main__")
