@@ -27,7 +27,7 @@ How the figures are taken, so that none includes Python or JVM start-up or a gro
 - peak RSS: /proc/<pid>/status VmHWM just before the script is stopped (rides.py: last read as it runs).
 - latency: bench/README.md.
 - --baseline REV: every figure of the project's scripts is also taken from git revision REV, checked out
-  into a temporary worktree, whose scripts run with that tree as cwd and PYTHONPATH (they import its
+  into a temporary worktree, whose scripts run with that tree on PYTHONPATH (they import its
   common/): over the same input, on the same broker, in the same run, timed the same way, each figure now,
   baseline, baseline, now (see run_order), and a ratio "now / at baseline" for each. A figure REV's
   scripts cannot take is "-". The raw figures are this bench's own code: the same at any revision.

@@ -62,17 +62,18 @@ STOP_TIMEOUT = 10.0  # the scripts' contract: exit within 10 s of SIGTERM
 
 
 class Run:
-    """One script of a tree (this project, or the baseline's worktree) as a subprocess, run as a user runs it
-    from that tree: cwd and PYTHONPATH are the tree, so it imports the tree's own common/, not this
-    bench's. Its stdout and stderr go to one file (never a pipe: a full pipe would block it)."""
+    """One script of a tree (this project, or the baseline's worktree) as a subprocess: the tree's script, with
+    the tree on PYTHONPATH, so it imports the tree's own common/, not this bench's. It runs in log_dir, where its
+    stdout and stderr go to one file (never a pipe: a full pipe would block it), and where a relative default
+    path lands; not in the tree, whose .env may point the scripts at another (secured) cluster than the bench's."""
 
     def __init__(self, tree: Path, script: str, *args: str, log_dir: Path) -> None:
         self.name = self.label = script
         self.log_path = log_dir / f"{Path(script).stem}-{uuid.uuid4().hex[:8]}.log"
-        # RIDES_* variables would set the scripts' flags behind the bench's back.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RIDES_")} | {"PYTHONPATH": str(tree)}
+        # RIDES_* variables would set the scripts' flags behind the bench's back, SMTP_* send the emails.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RIDES_", "SMTP_"))} | {"PYTHONPATH": str(tree)}
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, script, *args], cwd=tree, env=env,
+            self.process = subprocess.Popen([sys.executable, str(tree / script), *args], cwd=log_dir, env=env,
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
     def log(self) -> str:

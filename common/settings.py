@@ -86,6 +86,8 @@ class Settings(BaseSettings):
         if not tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile):
             raise ValueError(f"TLS files are set but --security-protocol is {self.security_protocol}: use SSL or "
                              f"SASL_SSL")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("--ssl-keyfile is the key of a client certificate: give --ssl-certfile too")
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_password_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
@@ -93,7 +95,9 @@ class Settings(BaseSettings):
         if sasl:
             if not self.sasl_username:
                 raise ValueError(f"--security-protocol {self.security_protocol} needs --sasl-username")
-            if (self.sasl_password is None) == (self.sasl_password_file is None):
+            if self.sasl_password is not None and self.sasl_password_file is not None:
+                raise ValueError("the password is in both RIDES_SASL_PASSWORD and --sasl-password-file: keep one")
+            if self.sasl_password is None and self.sasl_password_file is None:
                 raise ValueError(f"--security-protocol {self.security_protocol} needs the password in one of "
                                  f"RIDES_SASL_PASSWORD or --sasl-password-file")
             if self.sasl_password_file is not None:

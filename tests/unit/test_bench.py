@@ -255,17 +255,24 @@ def test_the_json_has_the_baseline_its_figures_and_ratios():
     assert data["ratios"]["transaction.py at-least-once now / at baseline"] == pytest.approx(0.8)
 
 
-def test_a_trees_script_runs_with_that_tree_as_cwd_and_imports_its_own_common(tmp_path, monkeypatch):
+def test_a_trees_script_imports_its_own_common_and_never_reads_the_trees_env_file(tmp_path, monkeypatch):
     tree = tmp_path / "tree"
     (tree / "common").mkdir(parents=True)
     (tree / "common" / "__init__.py").write_text("")
-    (tree / "probe.py").write_text("import os, common\nprint('cwd', os.getcwd())\nprint('common', common.__file__)\n")
+    # A user's .env for a secured cluster: the bench's scripts must not read it (their broker is the bench's).
+    (tree / ".env").write_text("RIDES_SECURITY_PROTOCOL=SASL_SSL\n")
+    (tree / "probe.py").write_text("import os, common\nprint('cwd', os.getcwd())\nprint('common', common.__file__)\n"
+                                   "print('env file here', os.path.exists('.env'))\n"
+                                   "print('smtp', os.environ.get('SMTP_HOST'))\n")
     # Whatever this process was started with (the project on PYTHONPATH, say), the tree's own common/ wins.
     monkeypatch.setenv("PYTHONPATH", str(runs.PROJECT_ROOT))
-    monkeypatch.chdir(tmp_path)
-    run = runs.Run(tree, "probe.py", log_dir=tmp_path)
+    monkeypatch.setenv("SMTP_HOST", "smtp.example.net")
+    monkeypatch.chdir(tree)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    run = runs.Run(tree, "probe.py", log_dir=logs)
     assert run.wait(timeout=30) == 0
-    assert f"cwd {tree}" in run.log()
+    assert f"cwd {logs}" in run.log() and "env file here False" in run.log() and "smtp None" in run.log()
     assert f"common {tree / 'common' / '__init__.py'}" in run.log()
 
 

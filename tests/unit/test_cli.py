@@ -245,6 +245,11 @@ def test_a_secured_cluster_takes_its_login_from_the_environment_or_a_file_never_
     ({"RIDES_SECURITY_PROTOCOL": "SSL", "RIDES_SSL_CAFILE": "/no/such/ca.pem"}, "--ssl-cafile: no such file"),
     ({"RIDES_SSL_CAFILE": "/etc/hostname"}, "TLS files are set but --security-protocol is PLAINTEXT"),
     ({"RIDES_SECURITY_PROTOCOL": "TLS"}, "--security-protocol (or RIDES_SECURITY_PROTOCOL): Input should be"),
+    ({"RIDES_SECURITY_PROTOCOL": "SASL_SSL", "RIDES_SASL_USERNAME": "u", "RIDES_SASL_PASSWORD": "pw-9f3c",
+      "RIDES_SASL_PASSWORD_FILE": "/etc/hostname"}, "the password is in both RIDES_SASL_PASSWORD and "
+                                                    "--sasl-password-file"),
+    ({"RIDES_SECURITY_PROTOCOL": "SSL", "RIDES_SSL_KEYFILE": "/etc/hostname"}, "--ssl-keyfile is the key of a client "
+                                                                               "certificate: give --ssl-certfile too"),
 ])
 def test_an_incomplete_security_setting_is_one_line(clean, monkeypatch, capsys, env, says):
     for name, value in env.items():
