@@ -241,15 +241,21 @@ def _wait_for_topic(admin, topic: str, partitions: int, timeout: float = 30.0) -
     raise TimeoutError(f"topic {topic} has no leader for all {partitions} partitions after {timeout:.0f} s")
 
 
-@pytest.fixture
-def own_broker(tmp_path):
-    """A broker of this test's own (the session's is shared), not started: the test starts and stops it as
-    it needs (an outage, a broker that appears late). Stopped at the end in any case."""
+@pytest.fixture(scope="session")
+def launcher_available():
+    """What a test that starts brokers of its own needs (Java 17+, the jars), even when the session broker is
+    Docker or external; skipped only where the launcher cannot run."""
     try:
         check_java()
         resolve_libs()
     except BrokerError as e:
         pytest.skip(f"local launcher unavailable: {e}")
+
+
+@pytest.fixture
+def own_broker(launcher_available, tmp_path):
+    """A broker of this test's own (the session's is shared), not started: the test starts and stops it as
+    it needs (an outage, a broker that appears late). Stopped at the end in any case."""
     broker = LocalBroker(data_dir=tmp_path / "kafka")
     try:
         yield broker
@@ -258,17 +264,12 @@ def own_broker(tmp_path):
 
 
 @pytest.fixture
-def local_cluster(tmp_path):
+def local_cluster(launcher_available, tmp_path):
     """A real 3-node KRaft cluster of this test's own (tools.cluster.LocalCluster: replication 3,
     min.insync.replicas 2), started on free ports; the test kills, stops and starts its nodes as it needs.
     Skipped only where the launcher cannot run (no Java 17+, no Kafka jars); stopped at the end in any case."""
     from tools.cluster import LocalCluster
 
-    try:
-        check_java()
-        resolve_libs()
-    except BrokerError as e:
-        pytest.skip(f"local launcher unavailable: {e}")
     cluster = LocalCluster(tmp_path / "cluster", nodes=3)
     try:
         try:

@@ -12,19 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tools.broker import BrokerError, check_java, resolve_libs
-
 pytestmark = [pytest.mark.failover, pytest.mark.timeout(600)]  # three nodes of its own: `make failover`
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "scale_out.py"
 
 
-def test_quick_one_and_two_instances_decide_every_ride_once_and_account_for_the_cpu(tmp_path):
-    try:
-        check_java()
-        resolve_libs()
-    except BrokerError as e:
-        pytest.skip(f"local launcher unavailable: {e}")
+def test_quick_one_and_two_instances_decide_every_ride_once_and_account_for_the_cpu(launcher_available, tmp_path):
     result = subprocess.run([sys.executable, str(BENCH), "--quick", "--instances", "1,2", "--json"],
                             capture_output=True, text=True, timeout=540, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

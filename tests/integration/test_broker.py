@@ -18,19 +18,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError
 
 from tests.unit.test_broker_cli import one_line_failure
-from tools.broker import BrokerError, LocalBroker, check_java, metadata_ok, port_is_free, resolve_libs
+from tools.broker import LocalBroker, metadata_ok, port_is_free
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def launcher_available():
-    """The launcher tests need Java 17+ and the jars, even when the session broker is Docker or external."""
-    try:
-        check_java()
-        resolve_libs()
-    except BrokerError as e:
-        pytest.skip(f"local launcher unavailable: {e}")
 
 
 def _alive(pid: int) -> bool:

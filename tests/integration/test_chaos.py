@@ -145,6 +145,38 @@ class Pipeline:
         self.watcher.close()
 
 
+class Outcome:
+    """What a run under faults came to: each requested ride's decisions (confirmed and rejected, as read
+    read_committed), the riders emailed and the rides analysed. test_failover reconciles the same way."""
+
+    def __init__(self, requested: set[str], confirmed: Counter, rejected: Counter, pipeline: Pipeline) -> None:
+        self.requested, self.confirmed, self.rejected = requested, confirmed, rejected
+        self.decisions = confirmed + rejected
+        self.lost = requested - set(self.decisions)
+        self.duplicated = sum(n - 1 for n in self.decisions.values())
+        self.emailed = pipeline.emailed()
+        self.analysed = pipeline.analysed()
+
+    def counts(self) -> str:
+        return (f"confirmed={len(self.confirmed)} rejected={len(self.rejected)} lost={len(self.lost)} "
+                f"duplicated={self.duplicated} emailed={len(self.emailed)} analysed={self.analysed}")
+
+    def duplicates(self) -> str:
+        return f"{self.duplicated} duplicated decisions: {[k for k, n in self.decisions.items() if n > 1][:5]}"
+
+    def check(self, where: str = "") -> None:
+        """Every ride decided, none both ways, one email per confirmed ride and none else, analysis exact (the
+        duplicates are each test's to judge)."""
+        at = f" {where}" if where else ""
+        assert not self.lost, f"{len(self.lost)} rides never confirmed nor rejected, e.g. {sorted(self.lost)[:5]}{at}"
+        assert not set(self.confirmed) & set(self.rejected), f"a ride both confirmed and rejected{at}"
+        assert self.emailed == set(self.confirmed), \
+            f"exactly one email file per confirmed ride, and none for others{at}"
+        # analysis counts what it reads from ride_confirmed, exactly once per record, across every crash.
+        confirmed = sum(self.confirmed.values())
+        assert self.analysed == confirmed, f"analysed {self.analysed}, confirmed {confirmed}{at}"
+
+
 def plan(rng: random.Random, window: tuple[float, float]) -> list[tuple[float, str]]:
     """The failures to inject and when (seconds after rides.py starts), in the order they happen.
 
@@ -211,24 +243,15 @@ def test_nothing_lost_nothing_twice_under_crashes(guarantee, kafka_bootstrap, re
     finally:
         pipeline.kill_all()
 
-    decisions = confirmed + rejected
-    lost = requested - set(decisions)
-    duplicated = sum(n - 1 for n in decisions.values())
-    emailed = pipeline.emailed()
-    analysed = pipeline.analysed()
+    outcome = Outcome(requested, confirmed, rejected, pipeline)
     with capsys.disabled():
         print(f"\nchaos[{guarantee}]: rides={len(requested)} requests={sum(requests.values())} "
-              f"acknowledged={acknowledged} confirmed={len(confirmed)} "
-              f"rejected={len(rejected)} kills={KILLS} broker_restarts={BROKER_RESTARTS} lost={len(lost)} "
-              f"duplicated={duplicated} emailed={len(emailed)} analysed={analysed} seed={seed}")
+              f"acknowledged={acknowledged} kills={KILLS} broker_restarts={BROKER_RESTARTS} {outcome.counts()} "
+              f"seed={seed}")
 
-    assert not lost, f"{len(lost)} rides never confirmed nor rejected, e.g. {sorted(lost)[:5]}"
-    assert not set(confirmed) & set(rejected), "a ride both confirmed and rejected"
-    assert emailed == set(confirmed), "exactly one email file per confirmed ride, and none for others"
-    # analysis counts what it reads from ride_confirmed, exactly once per record, across its own kill -9.
-    assert analysed == sum(confirmed.values())
+    outcome.check()
     if guarantee == "exactly-once":
-        assert duplicated == 0, f"{duplicated} duplicated decisions: {[k for k, n in decisions.items() if n > 1][:5]}"
+        assert outcome.duplicated == 0, outcome.duplicates()
     else:
-        assert duplicated > 0, "at-least-once under SIGKILL should publish some batch twice; if this test cannot " \
-                               "see duplicates, its exactly-once verdict proves nothing"
+        assert outcome.duplicated > 0, "at-least-once under SIGKILL should publish some batch twice; if this test " \
+                                       "cannot see duplicates, its exactly-once verdict proves nothing"

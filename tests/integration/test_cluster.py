@@ -17,7 +17,6 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 
 from tests.integration.test_broker import _alive, _wait_gone
-from tools.broker import BrokerError, check_java, resolve_libs
 from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.failover  # three nodes of its own: `make failover`, with the failover proof
@@ -34,16 +33,6 @@ REPLICATION = {
     "transaction.state.log.replication.factor": "3",
     "transaction.state.log.min.isr": "2",
 }
-
-
-@pytest.fixture(scope="module")
-def launcher_available():
-    """The cluster needs Java 17+ and the jars, even when the session broker is Docker or external."""
-    try:
-        check_java()
-        resolve_libs()
-    except BrokerError as e:
-        pytest.skip(f"local launcher unavailable: {e}")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from common.stats import load_state
 from tests.integration.pipeline import Script, parse_summary, unique_prefix, wait_until
-from tools.broker import BrokerError, LocalBroker, check_java, resolve_libs
+from tools.broker import BrokerError, LocalBroker
 
 # What "at once" means here: Python's start, one attempt to connect (5 s, common.clients.ATTEMPT_TIMEOUT_MS)
 # and the diagnosis (about 8 s in all on a loaded 2-core machine); far below --wait's 60 s, which a broker that
@@ -28,12 +28,7 @@ RIDES = 50
 
 
 @pytest.fixture(scope="module")
-def secure_broker(tmp_path_factory) -> Iterator[LocalBroker]:
-    try:
-        check_java()
-        resolve_libs()
-    except BrokerError as e:
-        pytest.skip(f"local launcher unavailable: {e}")
+def secure_broker(launcher_available, tmp_path_factory) -> Iterator[LocalBroker]:
     broker = LocalBroker(data_dir=tmp_path_factory.mktemp("secure-kafka") / "data", secure=True)
     try:
         try:
