@@ -137,22 +137,24 @@ def acquire_broker(stack: contextlib.ExitStack, bootstrap: str | None, settings:
     """Bootstrap servers of a ready broker, reached as `settings` say (TLS, a login); whatever this starts,
     `stack` stops."""
     options = clients.security(settings)
+
+    def answering(at: str, otherwise: str) -> str:
+        """`at`, once Kafka answers there as the settings say; else a BrokerError naming what waiting will not
+        mend (clients.diagnose: a login refused, a CA not trusted, TLS expected), or `otherwise`."""
+        if not metadata_ok(at, timeout_ms=10000, client_options=options):
+            raise BrokerError(clients.diagnose(settings.model_copy(update={"bootstrap_servers": at})) or otherwise)
+        return at
+
     if bootstrap:
-        if not metadata_ok(bootstrap, timeout_ms=10000, client_options=options):
-            cause = clients.diagnose(settings.model_copy(update={"bootstrap_servers": bootstrap}))
-            raise BrokerError(cause or f"no Kafka answers at {bootstrap} (--bootstrap-servers). Fix: start it, or "
-                              "drop the flag to let the demo start one")
+        answering(bootstrap, f"no Kafka answers at {bootstrap} (--bootstrap-servers). Fix: start it, or drop the "
+                             "flag to let the demo start one")
         say(f"using the broker at {bootstrap} (--bootstrap-servers)")
         return bootstrap
 
     if _something_listens(DEFAULT_HOST, DEFAULT_PORT):
-        bootstrap = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
-        if not metadata_ok(bootstrap, timeout_ms=10000, client_options=options):
-            cause = clients.diagnose(settings.model_copy(update={"bootstrap_servers": bootstrap}))
-            raise BrokerError(cause or (
-                f"something listens on {bootstrap} but does not answer as Kafka. "
-                "Fix: stop it, or start Kafka there (`docker compose up -d` or `python -m tools.broker`)"
-            ))
+        bootstrap = answering(f"{DEFAULT_HOST}:{DEFAULT_PORT}", (
+            f"something listens on {DEFAULT_HOST}:{DEFAULT_PORT} but does not answer as Kafka. "
+            "Fix: stop it, or start Kafka there (`docker compose up -d` or `python -m tools.broker`)"))
         say(f"using the broker already running at {bootstrap} (left running)")
         return bootstrap
 
